@@ -1,0 +1,1 @@
+"""fleetloop: the data closed loop for an autonomous-vehicle fleet (shared library)."""

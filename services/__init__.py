@@ -1,0 +1,1 @@
+"""The six fleetloop services; each package wires one service and never imports another."""
