@@ -1,0 +1,217 @@
+"""The `fleetloop` command line: demo, up, serve, sim and the query commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import typer
+
+from fleetloop.config import Settings
+
+app = typer.Typer(help="fleetloop: the data closed loop for an autonomous-vehicle fleet", no_args_is_help=True)
+fleet_app = typer.Typer(help="Query the fleet (FleetService on heartbeat-ingest)", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+DEMO_START_MS = 1_780_293_600_000  # 2026-06-01T06:00:00Z: a fleet morning
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def demo(vehicles: int = typer.Option(50, help="simulated vehicles"),
+         hours: float = typer.Option(2.0, help="simulated hours of fleet operation"),
+         seed: int = typer.Option(7, help="simulator seed (same seed, same fleet)"),
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Start the embedded stack, simulate a fleet through every service, print the reports."""
+    from fleetloop.demo import run_demo
+
+    _logging(verbose)
+    settings = Settings.from_env()
+    data_dir = settings.data_dir / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    settings = Settings.from_env({**os.environ, "FLEETLOOP_DATA_DIR": str(data_dir)})
+    asyncio.run(run_demo(settings, vehicles=vehicles, hours=hours, seed=seed))
+
+
+@app.command()
+def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run every service in this process on the embedded stack until Ctrl-C."""
+    from fleetloop.embedded import EmbeddedStack
+    from fleetloop.runtime import Host
+
+    _logging(verbose)
+    settings = Settings.from_env()
+
+    async def main() -> None:
+        with EmbeddedStack.start(settings) as stack:
+            host = Host(stack.settings)
+            await host.start()
+            endpoints = {"KAFKA_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap_servers,
+                         "REDIS_URL": stack.settings.redis_url, "CLICKHOUSE_URL": stack.settings.clickhouse_url,
+                         "FLEET_GRPC": f"{settings.grpc_host}:{settings.grpc_port}"}
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            (settings.data_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+            typer.echo("fleetloop is up:")
+            for name, value in endpoints.items():
+                typer.echo(f"  {name}={value}")
+            typer.echo("In another shell: `fleetloop sim` publishes a fleet, `fleetloop fleet summary` queries it.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            await host.stop()
+
+    asyncio.run(main())
+
+
+@app.command()
+def serve(service: str = typer.Argument(..., help="service name, e.g. heartbeat-ingest"),
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run one service in this process (cluster mode: URLs from the environment)."""
+    from fleetloop.bus import Bus, ensure_topics
+    from fleetloop.runtime import service_class
+    from fleetloop.warehouse import Warehouse
+
+    _logging(verbose)
+    settings = Settings.from_env()
+    if "embedded" in (settings.kafka_bootstrap_servers, settings.redis_url):
+        raise typer.BadParameter("serve needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (use `fleetloop up` locally)")
+
+    async def main() -> None:
+        await ensure_topics(settings.kafka_bootstrap_servers)
+        bus = Bus(settings.kafka_bootstrap_servers, client_id=service)
+        await bus.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await service_class(service)(settings, Warehouse(settings.clickhouse_url), bus).run(stop)
+        finally:
+            await bus.stop()
+
+    asyncio.run(main())
+
+
+def _endpoint(name: str) -> str:
+    """An address from the environment, else from the running `fleetloop up` (endpoints.json)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    path = Settings.from_env().data_dir / "endpoints.json"
+    if path.exists():
+        return json.loads(path.read_text())[name]
+    raise typer.BadParameter(f"set {name} or start `fleetloop up` first")
+
+
+@app.command()
+def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed: int = typer.Option(7),
+        start_ms: int = typer.Option(DEMO_START_MS, help="simulation start, epoch ms UTC"),
+        speed: float = typer.Option(0.0, help="time acceleration (60 = a minute per second); 0 = as fast as possible"),
+        truth: Path = typer.Option(None, help="write the injected incidents and mileage ground truth here (JSONL)"),
+        incidents_per_vehicle_hour: float = typer.Option(0.8)) -> None:
+    """Simulate a fleet and publish its heartbeats, poses, events and perception to Kafka."""
+    from fleetloop.bus import Bus, ensure_topics
+    from fleetloop.feed import publish_seconds
+    from fleetloop.sim import FleetSimulator, SimConfig
+
+    bootstrap = _endpoint("KAFKA_BOOTSTRAP_SERVERS")
+    simulator = FleetSimulator(SimConfig(vehicles=vehicles, start_ms=start_ms, duration_s=int(hours * 3600),
+                                         seed=seed, incidents_per_vehicle_hour=incidents_per_vehicle_hour))
+
+    async def main() -> None:
+        await ensure_topics(bootstrap)
+        bus = Bus(bootstrap, client_id="fleet-sim")
+        await bus.start()
+        try:
+            stats = await publish_seconds(bus, simulator.seconds(), speed=speed or None)
+        finally:
+            await bus.stop()
+        typer.echo(f"published {stats.messages:,} messages ({stats.bytes / 1e6:.1f} MB) for {vehicles} vehicles x "
+                   f"{stats.seconds:,} s in {stats.wall_s:.1f} s wall")
+
+    asyncio.run(main())
+    if truth:
+        simulator.ground_truth.write_jsonl(truth)
+
+
+def _fleet_stub():
+    from fleetloop.v1 import fleet_service_pb2_grpc
+
+    channel = grpc.insecure_channel(_endpoint("FLEET_GRPC"))
+    return fleet_service_pb2_grpc.FleetServiceStub(channel)
+
+
+@fleet_app.command("summary")
+def fleet_summary(group_by: str = typer.Option("park", help="park, city, route, road_type, vehicle, "
+                                                            "software_version, day, or '' for the fleet"),
+                  start_ms: int = typer.Option(0), end_ms: int = typer.Option(0)) -> None:
+    """Mileage, operating and autonomous hours, autonomy rate and average speed."""
+    from fleetloop.report import table
+    from fleetloop.v1 import fleet_service_pb2
+
+    try:
+        response = _fleet_stub().FleetSummary(
+            fleet_service_pb2.FleetSummaryRequest(start_ms=start_ms, end_ms=end_ms, group_by=group_by))
+    except grpc.RpcError as err:
+        typer.echo(f"error: {err.details()}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(table(["group", "vehicles", "km", "operating h", "autonomous h", "autonomy", "avg km/h"],
+                     [[r.group, r.vehicles, f"{r.km:,.1f}", f"{r.operating_h:,.1f}", f"{r.autonomous_h:,.1f}",
+                       f"{r.autonomy_rate:.2%}", f"{r.avg_speed_kph:.1f}"] for r in response.rows]))
+
+
+@fleet_app.command("vehicle")
+def fleet_vehicle(vehicle_id: str) -> None:
+    """One vehicle's live state."""
+    from google.protobuf.json_format import MessageToJson
+
+    from fleetloop.v1 import fleet_service_pb2
+
+    try:
+        state = _fleet_stub().GetVehicle(fleet_service_pb2.GetVehicleRequest(vehicle_id=vehicle_id))
+    except grpc.RpcError as err:
+        typer.echo(f"error: {err.details()}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(MessageToJson(state))
+
+
+@fleet_app.command("list")
+def fleet_list(status: str = typer.Option("", help="online, offline or stopped"),
+               park: str = typer.Option("")) -> None:
+    """Vehicles by live status."""
+    from fleetloop.report import table
+    from fleetloop.v1 import common_pb2, fleet_service_pb2
+
+    wanted = fleet_service_pb2.VehicleStatus.Value(f"VEHICLE_STATUS_{status.upper()}") if status else 0
+    response = _fleet_stub().ListVehicles(fleet_service_pb2.ListVehiclesRequest(status=wanted, park=park))
+    typer.echo(table(["vehicle", "status", "mode", "park", "km/h", "last seen (UTC)"], [
+        [v.vehicle_id, fleet_service_pb2.VehicleStatus.Name(v.status).removeprefix("VEHICLE_STATUS_").lower(),
+         common_pb2.DrivingMode.Name(v.mode).removeprefix("DRIVING_MODE_").lower(), v.park,
+         f"{v.speed_mps * 3.6:.1f}", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.last_seen_ms / 1000))]
+        for v in response.vehicles]))
+
+
+def spawn_sim(bootstrap: str, vehicles: int, hours: float, seed: int, truth: Path) -> subprocess.Popen:
+    """The simulator as a child process, so it drives the broker from the second core."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleetloop.cli", "sim", "--vehicles", str(vehicles), "--hours", str(hours),
+         "--seed", str(seed), "--truth", str(truth)], env=env)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,112 @@
+"""The trigger interface, its detections, and the registry that maps names to classes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fleetloop.triggers.config import TriggerConfig, TriggerSpec
+from fleetloop.triggers.frames import Frames
+from fleetloop.v1 import triggers_pb2
+
+
+class Category(IntEnum):
+    """Which metric an event counts toward (values of the TriggerCategory proto enum)."""
+
+    MPS = triggers_pb2.TRIGGER_CATEGORY_MPS
+    MPD = triggers_pb2.TRIGGER_CATEGORY_MPD
+    MPI = triggers_pb2.TRIGGER_CATEGORY_MPI
+    INFO = triggers_pb2.TRIGGER_CATEGORY_INFO
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a trigger found: times are epoch ms, severity 0..1, measurements carry units in their keys."""
+
+    trigger: str
+    category: Category
+    severity: float
+    onset_ms: int
+    peak_ms: int
+    end_ms: int
+    measurements: Mapping[str, float]
+    detail: str = ""
+
+
+class Trigger:
+    """A pure trigger over one vehicle's `Frames`, carrying its open episodes between batches.
+
+    Subclasses set `name`, `category`, `PARAMS` (the exact keys of their `params` config) and
+    implement `update`. `update(frames, horizon_ms)` sees every batch of consecutive seconds in
+    time order; `horizon_ms` promises that no later batch holds data before it. `finish()` ends
+    the stream. `state()`/`load_state()` round-trip everything carried (JSON-able).
+    """
+
+    name: ClassVar[str]
+    category: ClassVar[Category]
+    PARAMS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
+        missing = set(self.PARAMS) - set(spec.params)
+        unknown = set(spec.params) - set(self.PARAMS)
+        if missing or unknown:
+            raise ValueError(f"trigger {self.name!r}: missing params {sorted(missing)}, unknown {sorted(unknown)}")
+        self.spec = spec
+        self.p: Mapping[str, Any] = spec.params
+        self.default_category = Category[spec.category] if spec.category else self.category
+
+    def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
+        raise NotImplementedError
+
+    def finish(self) -> list[Detection]:
+        return []
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state()` returned."""
+
+    def detection(self, severity: float, onset_ms: int, peak_ms: int, end_ms: int,
+                  measurements: Mapping[str, float], detail: str = "",
+                  category: Category | None = None) -> Detection:
+        return Detection(self.name, category or self.default_category, float(np.clip(severity, 0.0, 1.0)),
+                         int(onset_ms), int(peak_ms), int(end_ms),
+                         {k: round(float(v), 6) for k, v in measurements.items()}, detail)
+
+
+REGISTRY: dict[str, type[Trigger]] = {}
+
+
+def register(cls: type[Trigger]) -> type[Trigger]:
+    """Class decorator: make a trigger constructible by name from configuration."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def build_triggers(config: TriggerConfig) -> list[Trigger]:
+    """Instantiate every enabled trigger of `config`, in configuration order.
+
+    Raises ValueError for a configured name that no class registers.
+    """
+    unknown = set(config.triggers) - set(REGISTRY)
+    if unknown:
+        raise ValueError(f"no trigger class registered for {sorted(unknown)}")
+    return [REGISTRY[name](spec, config) for name, spec in config.triggers.items() if spec.enabled]
+
+
+def nearest_in_path(frames: Frames, half_width_m: float, lookahead_m: float) -> np.ndarray:
+    """Per second row (m,): distance (m) to the nearest valid object ahead in the ego path, inf if none."""
+    ok = (frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (frames.obj_rel_x_m > 0)
+          & (frames.obj_rel_x_m <= lookahead_m))
+    lead = np.full(frames.sec_ms.size, np.inf)
+    np.minimum.at(lead, frames.obj_row[ok], frames.obj_rel_x_m[ok])
+    return lead
+
+
+def ms(seconds: float) -> int:
+    return int(round(seconds * 1000))

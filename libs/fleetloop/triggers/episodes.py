@@ -1,0 +1,176 @@
+"""Episodes: runs of "active" samples, tracked across batches so each is found exactly once.
+
+Two consecutive active samples i < j belong to one episode when no break lies between them and
+either they are neighbours in the stream or they are at most `merge_gap_ms` apart. A break sits
+before any sample whose distance to its predecessor exceeds `bridge_ms` (a data gap) and before any
+sample a trigger marks (e.g. the vehicle moved). Aggregates are associative (max, min, sum, last),
+so an episode cut by a batch boundary ends with exactly the values it would have had in one batch.
+An episode is reported closed only once no later sample can extend it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_REDUCE = {"max": np.maximum, "min": np.minimum, "sum": np.add}
+
+
+@dataclass
+class Episode:
+    """One episode: first/last active sample time (epoch ms), active sample count, aggregates.
+
+    `peak_ms` is the time of the first maximum of the tracker's peak aggregate; `fired` lets a
+    trigger fire while the episode is still open (stop_not_go) and not again when it closes.
+    """
+
+    start_ms: int
+    end_ms: int
+    n: int
+    aggs: dict[str, float]
+    peak_ms: int
+    fired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"s": self.start_ms, "e": self.end_ms, "n": self.n, "a": self.aggs, "p": self.peak_ms,
+                "f": self.fired}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Episode:
+        return cls(d["s"], d["e"], d["n"], dict(d["a"]), d["p"], d["f"])
+
+
+@dataclass
+class EpisodeTracker:
+    """Streaming episode finder over one time series (pose samples or 1 Hz summary rows).
+
+    `aggs` maps aggregate name → reducer ("max", "min", "sum", "last", or "changes": how often the
+    value differs between consecutive active samples of the episode, e.g. yaw-rate sign flips);
+    `peak` names the "max" aggregate whose arg-max gives `Episode.peak_ms`.
+    """
+
+    merge_gap_ms: int
+    bridge_ms: int
+    aggs: Mapping[str, str]
+    peak: str | None = None
+    open: Episode | None = None
+    last_sample_ms: int = -1
+
+    def update(self, t_ms: np.ndarray, active: np.ndarray, values: Mapping[str, np.ndarray],
+               horizon_ms: int, extra_breaks: np.ndarray | None = None) -> list[Episode]:
+        """Feed one batch; return the episodes that closed.
+
+        t_ms (n,) int64 strictly increasing sample times, all > the previous batch's; active (n,)
+        bool; values: aggregate name → (n,) float64; horizon_ms: no later batch holds a sample
+        before this time; extra_breaks (n,) bool: a break before sample i.
+        """
+        closed: list[Episode] = []
+        n = t_ms.size
+        prev_t = np.empty(n, dtype=np.int64)
+        if n:
+            prev_t[0] = self.last_sample_ms
+            prev_t[1:] = t_ms[:-1]
+        breaks = (t_ms - prev_t) > self.bridge_ms
+        if n and self.last_sample_ms < 0:
+            breaks[0] = True
+        if extra_breaks is not None:
+            breaks |= extra_breaks
+        brk_cum = np.cumsum(breaks)
+        idx = np.flatnonzero(active)
+        last_end_idx = -1
+        if idx.size:
+            ta = t_ms[idx]
+            seg = brk_cum[idx]
+            new = np.empty(idx.size, dtype=bool)
+            new[0] = True
+            new[1:] = ((np.diff(ta) > self.merge_gap_ms) & (np.diff(idx) > 1)) | (np.diff(seg) != 0)
+            starts = np.flatnonzero(new)
+            ends = np.append(starts[1:], idx.size) - 1
+            red = {}
+            for name, how in self.aggs.items():
+                va = values[name][idx]
+                if how == "changes":
+                    flips = np.zeros(va.size)
+                    flips[1:] = va[1:] != va[:-1]
+                    red[name] = np.add.reduceat(flips, starts) - flips[starts]
+                    red[name + "~first"] = va[starts]
+                    red[name + "~last"] = va[ends]
+                else:
+                    red[name] = va[ends] if how == "last" else _REDUCE[how].reduceat(va, starts)
+            peaks = self._peak_times(ta, starts, red, values, idx)
+            groups = [
+                Episode(int(ta[s]), int(ta[e]), int(e - s + 1), {k: float(v[g]) for k, v in red.items()},
+                        int(peaks[g]) if peaks is not None else int(ta[s]))
+                for g, (s, e) in enumerate(zip(starts, ends, strict=True))
+            ]
+            if self.open is not None:
+                adjacent = idx[0] == 0 and self.open.end_ms == self.last_sample_ms
+                near = ta[0] - self.open.end_ms <= self.merge_gap_ms
+                if brk_cum[idx[0]] == 0 and (adjacent or near):
+                    groups[0] = self._merge(self.open, groups[0])
+                else:
+                    closed.append(self.open)
+            closed.extend(groups[:-1])
+            self.open = groups[-1]
+            last_end_idx = int(idx[ends[-1]])
+        if self.open is not None and n:
+            broken_after = brk_cum[-1] > (brk_cum[last_end_idx] if last_end_idx >= 0 else 0)
+            self.last_sample_ms = int(t_ms[-1])
+            if broken_after or self._cannot_extend(horizon_ms):
+                closed.append(self.open)
+                self.open = None
+        elif n:
+            self.last_sample_ms = int(t_ms[-1])
+        elif self.open is not None and self._cannot_extend(horizon_ms):
+            closed.append(self.open)
+            self.open = None
+        return closed
+
+    def close(self) -> list[Episode]:
+        """End of stream: the open episode, if any, closes."""
+        out = [self.open] if self.open is not None else []
+        self.open = None
+        return out
+
+    def _cannot_extend(self, horizon_ms: int) -> bool:
+        # A neighbour-in-stream may follow within bridge_ms; otherwise only a sample within merge gap.
+        reach = self.bridge_ms if self.open.end_ms == self.last_sample_ms else self.merge_gap_ms
+        return horizon_ms - self.open.end_ms > reach
+
+    def _peak_times(self, ta: np.ndarray, starts: np.ndarray, red: Mapping[str, np.ndarray],
+                    values: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray | None:
+        if self.peak is None:
+            return None
+        va = values[self.peak][idx]
+        counts = np.diff(np.append(starts, idx.size))
+        at_peak = np.flatnonzero(va == np.repeat(red[self.peak], counts))
+        group = np.searchsorted(starts, at_peak, side="right") - 1
+        _, first = np.unique(group, return_index=True)
+        return ta[at_peak[first]]
+
+    def _merge(self, a: Episode, b: Episode) -> Episode:
+        aggs = {}
+        for name, how in self.aggs.items():
+            if how == "changes":
+                joint = a.aggs[name + "~last"] != b.aggs[name + "~first"]
+                aggs[name] = a.aggs[name] + b.aggs[name] + float(joint)
+                aggs[name + "~first"] = a.aggs[name + "~first"]
+                aggs[name + "~last"] = b.aggs[name + "~last"]
+            elif how == "last":
+                aggs[name] = b.aggs[name]
+            else:
+                aggs[name] = float(_REDUCE[how](a.aggs[name], b.aggs[name]))
+        peak_ms = a.peak_ms
+        if self.peak is not None and b.aggs[self.peak] > a.aggs[self.peak]:
+            peak_ms = b.peak_ms
+        return Episode(a.start_ms, b.end_ms, a.n + b.n, aggs, peak_ms, a.fired)
+
+    def state(self) -> dict[str, Any]:
+        return {"open": self.open.to_dict() if self.open else None, "last": self.last_sample_ms}
+
+    def load_state(self, d: Mapping[str, Any]) -> None:
+        self.open = Episode.from_dict(d["open"]) if d["open"] else None
+        self.last_sample_ms = d["last"]

@@ -1,0 +1,162 @@
+"""heartbeat-ingest wiring: a batched consumer over the four fleet topics whose handler writes
+ClickHouse and Redis before the offsets are committed, a daily rollup, and FleetService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from fleetloop import codec, topics
+from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
+from fleetloop.config import Settings
+from fleetloop.grpc_server import Servicer, start_server
+from fleetloop.state import connect
+from fleetloop.v1 import common_pb2, fleet_service_pb2_grpc
+from fleetloop.warehouse import Warehouse
+
+from services.heartbeat_ingest import rows
+from services.heartbeat_ingest.api import FleetApi
+from services.heartbeat_ingest.live_state import LiveState
+
+log = logging.getLogger(__name__)
+
+NAME = "heartbeat-ingest"
+GROUP_ID = "heartbeat-ingest"
+MIGRATIONS = Path(__file__).parent / "migrations"
+PAYLOAD_BY_TOPIC = {topics.HEARTBEAT: "heartbeat", topics.POSE: "pose", topics.EVENTS: "event",
+                    topics.PERCEPTION: "perception"}
+_CHECKS = {"heartbeat": codec.check_heartbeat, "event": codec.check_event,
+           "perception": codec.check_perception}
+ROLLUP_EVERY_S = 30.0  # wall-clock cadence of the daily recompute; an infrastructure knob, not logic
+
+ROLLUP_SQL = """
+INSERT INTO dws_fleet_day_staging
+SELECT toDate(ts) AS day, vehicle_id, city, park, route, road_type, software_version,
+       sum(distance_m), count(), countIf(has_heartbeat = 1 AND task_state IN (2, 3)),
+       countIf(has_heartbeat = 1 AND task_state IN (2, 3) AND mode = 1), countIf(distance_m > 0.1)
+FROM dwd_vehicle_second FINAL
+WHERE toDate(ts) = {day:Date}
+GROUP BY day, vehicle_id, city, park, route, road_type, software_version
+"""
+
+
+class HeartbeatIngest:
+    """The service: `handle` is the consumer's handler and the unit tests' entry point."""
+
+    name = NAME
+
+    def __init__(self, settings: Settings, warehouse: Warehouse, bus: Bus) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self.bus = bus
+        self.live = LiveState(connect(settings.redis_url))
+        # Event-time watermark over everything this member accepted: the fleet shares one clock,
+        # so a vehicle alone on its partition is still judged against the others.
+        self.watermark_ms = 0
+        self.dirty_days: set[str] = set()
+        self._last_rollup = time.monotonic()
+        self.consumer = BatchConsumer(
+            bootstrap=settings.kafka_bootstrap_servers, group_id=GROUP_ID,
+            topic_names=list(PAYLOAD_BY_TOPIC), handler=self.handle, bus=bus, service=NAME,
+            batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
+        )
+        self.grpc_port = 0
+
+    def migrate(self) -> None:
+        self.warehouse.migrate("heartbeat_ingest", MIGRATIONS)
+
+    def _decode(self, record: Record) -> common_pb2.Envelope:
+        payload = PAYLOAD_BY_TOPIC[record.topic]
+        env = codec.decode_envelope(record.value, record.key, payload)
+        codec.check_watermark(env.event_time_ms, self.watermark_ms)
+        if payload in _CHECKS:
+            _CHECKS[payload](getattr(env, payload))
+        return env
+
+    async def handle(self, records: list[Record]) -> list[Refusal]:
+        """Validate, land ODS + DWD in ClickHouse and live state in Redis; return refusals."""
+        refusals: list[Refusal] = []
+        by_kind: dict[str, list[tuple[Record, common_pb2.Envelope]]] = {k: [] for k in PAYLOAD_BY_TOPIC.values()}
+        for record in records:
+            try:
+                env = self._decode(record)
+            except codec.Rejected as rejected:
+                refusals.append(Refusal(record, rejected.reason, rejected.detail))
+                continue
+            self.watermark_ms = max(self.watermark_ms, env.event_time_ms)
+            by_kind[PAYLOAD_BY_TOPIC[record.topic]].append((record, env))
+
+        poses = by_kind["pose"]
+        if poses:
+            arrays, counts, bad = rows.pose_columns([env.pose for _, env in poses])
+            for i in np.flatnonzero(bad):
+                record, env = poses[i]
+                try:
+                    codec.pose_arrays(env.pose)
+                    refusals.append(Refusal(record, "bad_shape", "rejected by the batch check"))
+                except codec.Rejected as rejected:
+                    refusals.append(Refusal(record, rejected.reason, rejected.detail))
+            if bad.any():
+                keep = np.flatnonzero(~bad)
+                poses = [poses[i] for i in keep]
+                arrays, counts, _ = rows.pose_columns([env.pose for _, env in poses])
+
+        heartbeats = [env for _, env in by_kind["heartbeat"]]
+        pose_envs = [env for _, env in poses]
+        if heartbeats:
+            ods, dwd = rows.heartbeat_tables(heartbeats)
+            await self.warehouse.ainsert_arrow("ods_heartbeat", ods)
+            await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
+        if pose_envs:
+            ods, dwd = rows.pose_tables(pose_envs, arrays, counts)
+            await self.warehouse.ainsert_arrow("ods_pose", ods)
+            await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
+        if by_kind["event"]:
+            await self.warehouse.ainsert_arrow("ods_vehicle_event", rows.event_table([e for _, e in by_kind["event"]]))
+        if by_kind["perception"]:
+            await self.warehouse.ainsert_arrow(
+                "ods_perception", rows.perception_table([e for _, e in by_kind["perception"]]))
+        await self.live.apply(heartbeats)
+        for env in (*heartbeats, *pose_envs):
+            self.dirty_days.add(time.strftime("%Y-%m-%d", time.gmtime(env.event_time_ms // 1000)))
+        if self.dirty_days and time.monotonic() - self._last_rollup > ROLLUP_EVERY_S:
+            await self.rollup()
+        return refusals
+
+    async def rollup(self, days: set[str] | None = None) -> list[str]:
+        """Recompute DWS for the days touched since the last rollup (or `days`)."""
+        todo = sorted(days if days is not None else self.dirty_days)
+        for day in todo:
+            await asyncio.get_running_loop().run_in_executor(None, self._rollup_day, day)
+        self.dirty_days -= set(todo)
+        self._last_rollup = time.monotonic()
+        return todo
+
+    def _rollup_day(self, day: str) -> None:
+        partition = f"'{day}'"  # a Date we formatted ourselves, never client input
+        self.warehouse.command(f"ALTER TABLE dws_fleet_day_staging DROP PARTITION {partition}")
+        self.warehouse.command(ROLLUP_SQL, {"day": day})
+        self.warehouse.command(f"ALTER TABLE dws_fleet_day REPLACE PARTITION {partition} FROM dws_fleet_day_staging")
+
+    async def serve_grpc(self) -> None:
+        api = FleetApi(self.warehouse, self.live, offline_after_s=self.settings.offline_after_s)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self._server, self.grpc_port = await start_server(
+            [Servicer(fleet_service_pb2_grpc.add_FleetServiceServicer_to_server, api,
+                      "fleetloop.v1.FleetService")], address)
+
+    async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.migrate)
+        if serve_grpc:
+            await self.serve_grpc()
+        try:
+            await self.consumer.run(stop)
+        finally:
+            if self.dirty_days:
+                await self.rollup()
+            if serve_grpc:
+                await self._server.stop(grace=1)
+            await self.live.client.aclose()

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real embedded parts (Tansu broker, redis-server, chDB) for integration
+tests. One chDB engine per process, so the warehouse is session-wide and tests clean it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from fleetloop.config import Settings
+from fleetloop.embedded import start_broker, start_redis
+from fleetloop.warehouse import Warehouse
+
+
+@pytest.fixture(scope="session")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
+    path = tmp_path_factory.mktemp("chdb") / "warehouse"
+    return Warehouse(f"chdb://{path}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=5)
+
+
+@pytest.fixture
+def broker():
+    """A fresh broker per test: topics and groups never leak between tests."""
+    proc, bootstrap = start_broker()
+    yield bootstrap
+    proc.terminate()
+    proc.wait(timeout=5)
+
+
+@pytest.fixture
+async def redis_client(redis_url):
+    from fleetloop.state import connect
+
+    client = connect(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(broker: str, redis_url: str, warehouse: Warehouse, tmp_path: Path) -> Settings:
+    return Settings(kafka_bootstrap_servers=broker, redis_url=redis_url, clickhouse_url=warehouse.url,
+                    data_dir=tmp_path, grpc_port=0, consumer_batch_max=2000, consumer_poll_ms=100,
+                    object_store_url=(tmp_path / "objects").as_uri())
+
+
+def truncate_owned_tables(warehouse: Warehouse, prefixes: tuple[str, ...]) -> None:
+    """Empty the tables whose names start with `prefixes` (views are left alone)."""
+    for (name,) in warehouse.query_rows(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"):
+        if name.startswith(prefixes):
+            warehouse.command(f"TRUNCATE TABLE {name}")
+
+
+async def wait_until(predicate, timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
+    """Poll an async predicate; a safety net against hangs, not a performance assertion."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(poll_s)

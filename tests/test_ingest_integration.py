@@ -1,0 +1,165 @@
+"""heartbeat-ingest against the real broker, Redis and chDB."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from fleetloop import topics
+from fleetloop.bus import Bus, ensure_topics
+from fleetloop.v1 import common_pb2, deadletter_pb2, fleet_service_pb2, fleet_service_pb2_grpc
+from services.heartbeat_ingest.service import HeartbeatIngest
+from tests.conftest import truncate_owned_tables, wait_until
+from tests.fleetdata import T0_MS, drive, heartbeat, pose
+
+pytestmark = pytest.mark.integration
+
+
+async def publish(bootstrap: str, messages) -> None:
+    await ensure_topics(bootstrap)
+    bus = Bus(bootstrap)
+    await bus.start()
+    await bus.send_many([(t, e.vehicle_id.encode(), e.SerializeToString()) for t, e in messages])
+    await bus.stop()
+
+
+async def publish_raw(bootstrap: str, raw: list[tuple[str, bytes, bytes]]) -> None:
+    bus = Bus(bootstrap)
+    await bus.start()
+    await bus.send_many(raw)
+    await bus.stop()
+
+
+class Running:
+    """An in-process heartbeat-ingest with gRPC on a free port."""
+
+    def __init__(self, settings, warehouse):
+        self.bus = Bus(settings.kafka_bootstrap_servers)
+        self.settings = settings
+        self.warehouse = warehouse
+
+    async def __aenter__(self):
+        await self.bus.start()
+        self.service = HeartbeatIngest(self.settings, self.warehouse, self.bus)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.service.run(self.stop))
+        await wait_until(lambda: asyncio.sleep(0, self.service.grpc_port != 0))
+        return self.service
+
+    async def caught_up(self) -> None:
+        async def done() -> bool:
+            if self.task.done():
+                self.task.result()
+            return await self.service.consumer.lag() == 0
+        await wait_until(done)
+
+    async def __aexit__(self, *exc):
+        self.stop.set()
+        await self.task
+        await self.bus.stop()
+
+
+@pytest.fixture
+def clean(warehouse):
+    warehouse.migrate("heartbeat_ingest", __import__("services.heartbeat_ingest.service",
+                                                     fromlist=["MIGRATIONS"]).MIGRATIONS)
+    truncate_owned_tables(warehouse, ("ods_", "dwd_", "dws_"))
+
+
+async def test_mileage_autonomy_and_live_state_end_to_end(settings, warehouse, redis_client, clean):
+    messages = (drive("veh-a", 600, speed=10.0, park="park-a")
+                + drive("veh-b", 300, speed=5.0, park="park-b", road_type=common_pb2.ROAD_TYPE_PARK)
+                + drive("veh-b", 300, start_ms=T0_MS + 300_000, speed=5.0, park="park-b",
+                        road_type=common_pb2.ROAD_TYPE_PARK, mode=common_pb2.DRIVING_MODE_MANUAL))
+    await publish(settings.kafka_bootstrap_servers, messages)
+    running = Running(settings, warehouse)
+    async with running as service:
+        await running.caught_up()
+        await service.rollup()
+        rows = {r["park"]: r for r in warehouse.query_dicts(
+            "SELECT park, km, autonomy_rate, avg_speed_kph, operating_h FROM ads_fleet_park_day")}
+        assert rows["park-a"]["km"] == pytest.approx(6.0)
+        assert rows["park-a"]["autonomy_rate"] == pytest.approx(1.0)
+        assert rows["park-a"]["avg_speed_kph"] == pytest.approx(36.0)
+        assert rows["park-b"]["km"] == pytest.approx(3.0)
+        assert rows["park-b"]["autonomy_rate"] == pytest.approx(0.5)
+        assert rows["park-b"]["operating_h"] == pytest.approx(600 / 3600)
+
+        state = await redis_client.hgetall("fl:ingest:vehicle:veh-b")
+        assert int(state["last_seen_ms"]) == T0_MS + 599_000
+        assert int(state["mode"]) == common_pb2.DRIVING_MODE_MANUAL
+        assert await redis_client.ttl("fl:ingest:vehicle:veh-b") > 0
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            stub = fleet_service_pb2_grpc.FleetServiceStub(channel)
+            summary = await stub.FleetSummary(fleet_service_pb2.FleetSummaryRequest(group_by="road_type"))
+            km = {r.group: r.km for r in summary.rows}
+            assert km == {"urban": pytest.approx(6.0), "park": pytest.approx(3.0)}
+            vehicle = await stub.GetVehicle(fleet_service_pb2.GetVehicleRequest(vehicle_id="veh-a"))
+            assert vehicle.park == "park-a" and vehicle.status == fleet_service_pb2.VEHICLE_STATUS_ONLINE
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.FleetSummary(fleet_service_pb2.FleetSummaryRequest(group_by="park; DROP TABLE x"))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetVehicle(fleet_service_pb2.GetVehicleRequest(vehicle_id="veh-zzz"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, warehouse, redis_client, clean):
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    good = drive("veh-ok", 20)
+    nan_speed = heartbeat("veh-bad", T0_MS, speed=float("nan"))
+    old_schema = heartbeat("veh-bad", T0_MS + 1000)
+    old_schema.schema_version = 99
+    jump = pose("veh-bad", T0_MS + 2000)
+    jump.pose.x_m[5] += 1000.0  # 1 km in 100 ms
+    future = heartbeat("veh-bad", T0_MS + 10 * 86_400_000)
+    wrong_topic = pose("veh-bad", T0_MS + 3000)
+    bad = [
+        (topics.HEARTBEAT, b"veh-bad", b"\xff\xfe not protobuf", "decode_error"),
+        (topics.HEARTBEAT, b"veh-bad", nan_speed.SerializeToString(), "non_finite"),
+        (topics.HEARTBEAT, b"veh-bad", old_schema.SerializeToString(), "unknown_schema_version"),
+        (topics.POSE, b"veh-bad", jump.SerializeToString(), "position_jump"),
+        (topics.HEARTBEAT, b"someone-else", heartbeat("veh-bad", T0_MS + 4000).SerializeToString(), "key_mismatch"),
+        (topics.HEARTBEAT, b"veh-bad", wrong_topic.SerializeToString(), "wrong_payload"),
+    ]
+    raw = []
+    for i, (topic, env) in enumerate(good):
+        raw.append((topic, env.vehicle_id.encode(), env.SerializeToString()))
+        if i % 5 == 0 and bad:  # bad messages interleaved with good ones
+            topic_b, key_b, value_b, _ = bad.pop(0)
+            raw.append((topic_b, key_b, value_b))
+    await publish_raw(settings.kafka_bootstrap_servers, raw)
+    # the far-future heartbeat from the right vehicle comes after the watermark is established
+    await publish_raw(settings.kafka_bootstrap_servers,
+                      [(topics.HEARTBEAT, b"veh-bad", future.SerializeToString())])
+    running = Running(settings, warehouse)
+    async with running:
+        await running.caught_up()
+    assert warehouse.query_rows("SELECT count() FROM ods_heartbeat FINAL")[0][0] == 20
+    assert warehouse.query_rows("SELECT count() FROM ods_pose FINAL")[0][0] == 200
+
+    consumer = AIOKafkaConsumer(topics.DEADLETTER, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False, group_id="dlq-reader")
+    await consumer.start()
+    letters = []
+    try:
+        while len(letters) < 7:
+            batch = await consumer.getmany(timeout_ms=2000)
+            if not batch:
+                break
+            for msgs in batch.values():
+                letters += [deadletter_pb2.DeadLetter.FromString(m.value) for m in msgs]
+    finally:
+        await consumer.stop()
+    reasons = sorted(letter.reason for letter in letters)
+    assert reasons == sorted(["decode_error", "non_finite", "unknown_schema_version", "position_jump",
+                              "key_mismatch", "wrong_payload", "future_timestamp"])
+    by_reason = {letter.reason: letter for letter in letters}
+    assert by_reason["decode_error"].original == b"\xff\xfe not protobuf"
+    assert by_reason["decode_error"].source_topic == topics.HEARTBEAT
+    assert by_reason["position_jump"].detail.endswith("m in 100 ms at sample 5")
+    assert all(letter.service == "heartbeat-ingest" for letter in letters)
