@@ -7,7 +7,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from fleetloop.config import Settings
 from fleetloop.embedded import start_broker, start_redis
 from fleetloop.warehouse import Warehouse

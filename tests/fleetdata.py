@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+from fleetloop import codec
 from fleetloop.v1 import common_pb2
 
 T0_MS = 1_780_293_600_000  # 2026-06-01T06:00:00Z
@@ -19,23 +21,23 @@ def heartbeat(vehicle_id: str, t_ms: int, *, speed: float = 10.0, mode: int = co
     return env
 
 
-def pose(vehicle_id: str, t_ms: int, *, speed: float = 10.0, x0: float = 0.0) -> common_pb2.Envelope:
-    """One vehicle-second of 10 Hz samples at constant `speed` along +x."""
+def pose_columns(t_ms: int, *, speed: float = 10.0, x0: float = 0.0) -> dict[str, np.ndarray]:
+    """One vehicle-second of 10 Hz sample columns at constant `speed` along +x."""
+    zeros = np.zeros(10)
+    return {
+        "t_ms": t_ms + 100 * np.arange(10), "x_m": x0 + speed * 0.1 * np.arange(10), "y_m": zeros,
+        "lat_deg": np.full(10, 31.3), "lon_deg": np.full(10, 120.6), "speed_mps": np.full(10, speed),
+        "accel_lon_mps2": zeros, "accel_lat_mps2": zeros, "heading_rad": zeros, "yaw_rate_rps": zeros,
+        "steering_rad": zeros, "throttle": zeros, "brake": zeros, "gear": np.ones(10),
+        "mode": np.full(10, common_pb2.DRIVING_MODE_AUTONOMOUS),
+    }
+
+
+def pose(vehicle_id: str, t_ms: int, *, speed: float = 10.0, x0: float = 0.0, **overrides) -> common_pb2.Envelope:
+    """A pose-batch envelope; `overrides` replace whole columns (e.g. x_m with a jump)."""
     env = common_pb2.Envelope(schema_version=1, vehicle_id=vehicle_id, event_time_ms=t_ms,
                               message_id=f"{vehicle_id}/pose/{t_ms}")
-    p = env.pose
-    for i in range(10):
-        p.t_ms.append(t_ms + 100 * i)
-        p.x_m.append(x0 + speed * 0.1 * i)
-        p.y_m.append(0.0)
-        p.lat_deg.append(31.3)
-        p.lon_deg.append(120.6)
-        p.speed_mps.append(speed)
-        for name in ("accel_lon_mps2", "accel_lat_mps2", "heading_rad", "yaw_rate_rps", "steering_rad",
-                     "throttle", "brake"):
-            getattr(p, name).append(0.0)
-        p.gear.append(1)
-        p.mode.append(common_pb2.DRIVING_MODE_AUTONOMOUS)
+    env.pose.CopyFrom(codec.pose_batch({**pose_columns(t_ms, speed=speed, x0=x0), **overrides}))
     return env
 
 

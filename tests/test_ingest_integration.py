@@ -7,13 +7,13 @@ import asyncio
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer
-
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
 from fleetloop.v1 import common_pb2, deadletter_pb2, fleet_service_pb2, fleet_service_pb2_grpc
+
 from services.heartbeat_ingest.service import HeartbeatIngest
 from tests.conftest import truncate_owned_tables, wait_until
-from tests.fleetdata import T0_MS, drive, heartbeat, pose
+from tests.fleetdata import T0_MS, drive, heartbeat, pose, pose_columns
 
 pytestmark = pytest.mark.integration
 
@@ -114,8 +114,9 @@ async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, wareh
     nan_speed = heartbeat("veh-bad", T0_MS, speed=float("nan"))
     old_schema = heartbeat("veh-bad", T0_MS + 1000)
     old_schema.schema_version = 99
-    jump = pose("veh-bad", T0_MS + 2000)
-    jump.pose.x_m[5] += 1000.0  # 1 km in 100 ms
+    jump_x = pose_columns(T0_MS + 2000)["x_m"]
+    jump_x[5:] += 1000.0  # 1 km in 100 ms
+    jump = pose("veh-bad", T0_MS + 2000, x_m=jump_x)
     future = heartbeat("veh-bad", T0_MS + 10 * 86_400_000)
     wrong_topic = pose("veh-bad", T0_MS + 3000)
     bad = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -11,9 +10,9 @@ import sys
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
+
 from services.heartbeat_ingest.service import GROUP_ID
 from tests.conftest import wait_until
 from tests.fleetdata import drive

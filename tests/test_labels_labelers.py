@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fleetloop.codec import Rejected, pose_batch
 from fleetloop.labels import LabelRow, label_second, load_taxonomy
 from fleetloop.labels.labelers import (
     SecondInputs,
@@ -31,11 +32,15 @@ def heartbeat(**kw) -> pb.Heartbeat:
 
 def pose(speed=5.0, accel=0.0, accel_lat=0.0, yaw=0.0, gear=1, modes=None, n=10) -> pb.PoseBatch:
     def col(value):
-        return list(np.broadcast_to(np.asarray(value, float), (n,)))
-    return pb.PoseBatch(
-        t_ms=[T0 + 100 * i for i in range(n)], speed_mps=col(speed), accel_lon_mps2=col(accel),
-        accel_lat_mps2=col(accel_lat), yaw_rate_rps=col(yaw), gear=[int(g) for g in np.broadcast_to(gear, (n,))],
-        mode=modes if modes is not None else [pb.DRIVING_MODE_AUTONOMOUS] * n)
+        return np.broadcast_to(np.asarray(value, float), (n,))
+    zeros = np.zeros(n)
+    return pose_batch({
+        "t_ms": T0 + 100 * np.arange(n), "x_m": zeros, "y_m": zeros, "lat_deg": zeros, "lon_deg": zeros,
+        "speed_mps": col(speed), "accel_lon_mps2": col(accel), "accel_lat_mps2": col(accel_lat),
+        "heading_rad": zeros, "yaw_rate_rps": col(yaw), "steering_rad": zeros, "throttle": zeros, "brake": zeros,
+        "gear": np.broadcast_to(gear, (n,)),
+        "mode": modes if modes is not None else np.full(n, pb.DRIVING_MODE_AUTONOMOUS),
+    })
 
 
 def obj(cls, x, y, vx=0.0, vy=0.0, conf=0.9, occluded=False) -> pb.PerceivedObject:
@@ -217,3 +222,10 @@ def test_label_row_rejects_true_but_unknown_bits_and_unaligned_seconds():
         LabelRow("v", T0, tags=1, known=0)
     with pytest.raises(ValueError):
         LabelRow("v", T0 + 1, tags=0, known=0)
+
+
+def test_a_malformed_pose_batch_is_rejected_not_mislabelled():
+    broken = pose()
+    broken.speed_mps = broken.speed_mps[:-4]
+    with pytest.raises(Rejected, match="bad_shape"):
+        label_second("veh-1", T0, None, broken, None, TX)

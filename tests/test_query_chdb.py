@@ -1,7 +1,7 @@
 """Compiled SQL against the real embedded ClickHouse (chDB) equals the brute-force evaluator.
 
-One chDB engine per process: this module opens ONE session-scoped client and closes it at
-the end of the session, so other modules can open their own path afterwards.
+One chDB engine per process: this module uses the session-wide `warehouse` fixture of
+tests/conftest.py and its own table (the migration's DDL under a test name), dropped after.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import copy
 import random
 from pathlib import Path
 
-import clickhouse_connect
 import numpy as np
 import pytest
 import yaml
@@ -31,6 +30,7 @@ NUMERIC = ["ego.speed_kph", "agent.pedestrian_count", "agent.lead_ttc_s"]
 VEHICLES = ["veh-001", "veh-002", "veh-003", "veh-004", "v'5\"); DROP TABLE dwd_label_second; --", "veh-006"]
 PARKS = ["park-north", "park-south", "o'hare"]
 SECONDS = 600
+TABLE = "test_query_label_second"
 
 
 def random_rows(rng: random.Random, stale: bool = False) -> list[LabelRow]:
@@ -80,27 +80,27 @@ def random_expression(rng: random.Random, depth: int) -> str:
     return f"({random_expression(rng, depth - 1)} {kind} {random_expression(rng, depth - 1)})"
 
 
-def insert(client, rows: list[LabelRow]) -> None:
+def insert(warehouse, rows: list[LabelRow]) -> None:
     columns = rows_to_columns(rows, TX)
-    client.insert(LABEL_TABLE, list(columns.values()), column_names=list(columns), column_oriented=True)
+    warehouse.insert_rows(TABLE, list(zip(*columns.values(), strict=True)), list(columns))
 
 
-@pytest.fixture(scope="session")
-def label_db(tmp_path_factory):
-    """(client, rows): the migrated label table holding random rows, after a stale re-label."""
-    client = clickhouse_connect.get_client(dsn="chdb://" + str(tmp_path_factory.mktemp("labels") / "db"))
-    for statement in split_statements(MIGRATION.read_text()):
-        client.command(statement)
-    insert(client, random_rows(random.Random(7), stale=True))   # superseded by the next insert
+@pytest.fixture(scope="module")
+def label_db(warehouse):
+    """(warehouse, rows): the label table holding random rows, after a stale re-label."""
+    warehouse.command(f"DROP TABLE IF EXISTS {TABLE}")
+    for statement in split_statements(MIGRATION.read_text().replace(LABEL_TABLE, TABLE)):
+        warehouse.command(statement)
+    insert(warehouse, random_rows(random.Random(7), stale=True))   # superseded by the next insert
     rows = random_rows(random.Random(7))
-    insert(client, rows)
-    yield client, rows
-    client.close()
+    insert(warehouse, rows)
+    yield warehouse, rows
+    warehouse.command(f"DROP TABLE IF EXISTS {TABLE}")
 
 
-def run(client, request: MineRequest, taxonomy=TX) -> list[tuple]:
-    compiled = compile_query(request, taxonomy)
-    return [tuple(r) for r in client.query(compiled.sql, parameters=compiled.parameters).result_rows]
+def run(warehouse, request: MineRequest, taxonomy=TX) -> list[tuple]:
+    compiled = compile_query(request, taxonomy, table=TABLE)
+    return [tuple(r) for r in warehouse.query_rows(compiled.sql, compiled.parameters)]
 
 
 def expected(request: MineRequest, rows, taxonomy=TX) -> list[tuple]:
@@ -111,40 +111,39 @@ def expected(request: MineRequest, rows, taxonomy=TX) -> list[tuple]:
 
 
 def test_migration_matches_the_taxonomy_layout(label_db):
-    client, _ = label_db
-    described = client.query(f"DESCRIBE TABLE {LABEL_TABLE}").result_rows
+    warehouse, _ = label_db
+    described = warehouse.query_rows(f"DESCRIBE TABLE {TABLE}")
     assert tuple(r[0] for r in described) == label_columns(TX)
     types = {r[0]: r[1] for r in described}
     assert types["ts"] == "DateTime64(3, 'UTC')" and types["t0"] == "UInt64"
 
 
 def test_rows_round_trip_through_the_table(label_db):
-    client, rows = label_db
-    sql = f"SELECT count(), sum(toUInt128(t0)), sum(toUInt128(k1)) FROM {LABEL_TABLE} FINAL"
-    stored = client.query(sql).result_rows[0]
+    warehouse, rows = label_db
+    stored = warehouse.query_rows(f"SELECT count(), sum(toUInt128(t0)), sum(toUInt128(k1)) FROM {TABLE} FINAL")[0]
     assert stored[0] == len(rows)
     assert stored[1] == sum(r.tags & (2**64 - 1) for r in rows)
     assert stored[2] == sum((r.known >> 64) & (2**64 - 1) for r in rows)
 
 
 def test_random_expressions_match_the_brute_force_evaluator(label_db):
-    client, rows = label_db
+    warehouse, rows = label_db
     rng = random.Random(11)
     expressions = ["rain & night & junction.signalized & agent.tricycle & !mode.manual"]
     expressions += [random_expression(rng, rng.randint(1, 4)) for _ in range(40)]
     nonempty = 0
     for text in expressions:
         seconds = MineRequest(text, output="seconds", limit=1_000_000)
-        got = run(client, seconds)
+        got = run(warehouse, seconds)
         assert got == expected(seconds, rows), text
         nonempty += bool(got)
         clips = MineRequest(text, merge_gap_s=rng.randint(0, 3), min_clip_s=rng.randint(0, 4), limit=1_000_000)
-        assert run(client, clips) == expected(clips, rows), (text, clips)
+        assert run(warehouse, clips) == expected(clips, rows), (text, clips)
     assert nonempty >= len(expressions) // 2   # the comparison is not vacuous
 
 
 def test_filters_and_limit_match_the_brute_force_evaluator(label_db):
-    client, rows = label_db
+    warehouse, rows = label_db
     rng = random.Random(5)
     for _ in range(12):
         text = random_expression(rng, 2)
@@ -152,25 +151,25 @@ def test_filters_and_limit_match_the_brute_force_evaluator(label_db):
                        vehicle_ids=tuple(rng.sample(VEHICLES, 3)), parks=tuple(rng.sample(PARKS, 2)))
         for request in (MineRequest(text, output="seconds", limit=rng.randint(1, 50), **options),
                         MineRequest(text, merge_gap_s=1, min_clip_s=2, limit=rng.randint(1, 20), **options)):
-            assert run(client, request) == expected(request, rows), request
+            assert run(warehouse, request) == expected(request, rows), request
 
 
 def test_quoted_vehicle_ids_are_bound_not_spliced(label_db):
-    client, rows = label_db
+    warehouse, rows = label_db
     request = MineRequest("!rain | rain", output="seconds", vehicle_ids=(VEHICLES[4],), limit=1_000_000)
-    got = run(client, request)
+    got = run(warehouse, request)
     assert got and {v for v, _ in got} == {VEHICLES[4]}
     assert got == expected(request, rows)
 
 
 def test_a_tag_newer_than_the_rows_is_unknown_not_false(label_db):
-    client, rows = label_db
+    warehouse, rows = label_db
     data = copy.deepcopy(yaml.safe_load(DEFAULT_PATH.read_text()))
     data["version"] = 2
     data["tags"].append({"name": "road.bridge", "bit": 78, "family": "road", "since": 2})
     tx2 = parse_taxonomy(data)
     for text in ("road.bridge", "!road.bridge", "rain & !road.bridge"):
         request = MineRequest(text, output="seconds", limit=1_000_000)
-        assert run(client, request, tx2) == [] == expected(request, rows, tx2)
+        assert run(warehouse, request, tx2) == [] == expected(request, rows, tx2)
     with pytest.raises(QueryError):
         compile_query(MineRequest("road.bridge"), TX)

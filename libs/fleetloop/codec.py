@@ -8,6 +8,7 @@ beyond them is a sensor or transport fault, never a real manoeuvre.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -55,7 +56,7 @@ def decode_envelope(value: bytes, key: bytes | None, expected_payload: str) -> c
         raise Rejected("unknown_schema_version", f"schema_version={envelope.schema_version}")
     if not envelope.vehicle_id:
         raise Rejected("missing_vehicle_id", "envelope has no vehicle_id")
-    if key is not None and key.decode("utf-8", "replace") != envelope.vehicle_id:
+    if key is not None and key != envelope.vehicle_id.encode():
         raise Rejected("key_mismatch", f"key {key!r} != vehicle_id {envelope.vehicle_id!r}")
     if not envelope.message_id:
         raise Rejected("missing_message_id", "envelope has no message_id")
@@ -94,31 +95,48 @@ def check_heartbeat(hb: common_pb2.Heartbeat) -> None:
         raise Rejected("absurd_value", f"odometer_m={hb.odometer_m}")
 
 
+# PoseBatch columns and their wire dtypes (little-endian), in proto field order.
+POSE_DTYPES: dict[str, np.dtype] = {
+    "t_ms": np.dtype("<i8"),
+    "x_m": np.dtype("<f8"), "y_m": np.dtype("<f8"), "lat_deg": np.dtype("<f8"), "lon_deg": np.dtype("<f8"),
+    "speed_mps": np.dtype("<f4"), "accel_lon_mps2": np.dtype("<f4"), "accel_lat_mps2": np.dtype("<f4"),
+    "heading_rad": np.dtype("<f4"), "yaw_rate_rps": np.dtype("<f4"), "steering_rad": np.dtype("<f4"),
+    "throttle": np.dtype("<f4"), "brake": np.dtype("<f4"),
+    "gear": np.dtype("i1"), "mode": np.dtype("u1"),
+}
+
+
+def pose_batch(columns: Mapping[str, np.ndarray]) -> common_pb2.PoseBatch:
+    """Encode equal-length sample columns (names of POSE_DTYPES) into a PoseBatch."""
+    n = len(columns["t_ms"])
+    batch = common_pb2.PoseBatch(sample_count=n)
+    for name, dtype in POSE_DTYPES.items():
+        values = np.asarray(columns[name], dtype=dtype)
+        if values.shape != (n,):
+            raise ValueError(f"column {name} has shape {values.shape}, expected ({n},)")
+        setattr(batch, name, values.tobytes())
+    return batch
+
+
+def pose_columns(pose: common_pb2.PoseBatch) -> dict[str, np.ndarray]:
+    """Decode a PoseBatch into read-only numpy columns (no checks beyond shape)."""
+    n = pose.sample_count
+    cols = {}
+    for name, dtype in POSE_DTYPES.items():
+        raw = getattr(pose, name)
+        if len(raw) != n * dtype.itemsize:
+            raise Rejected("bad_shape", f"column {name} holds {len(raw)} bytes, {n} samples need {n * dtype.itemsize}")
+        cols[name] = np.frombuffer(raw, dtype)
+    return cols
+
+
 def pose_arrays(pose: common_pb2.PoseBatch) -> dict[str, np.ndarray]:
-    """The batch's columns as numpy arrays, checked for shape, finiteness and plausibility."""
-    n = len(pose.t_ms)
+    """The batch's columns, checked for shape, finiteness and plausibility; raises Rejected."""
+    n = pose.sample_count
     if not 0 < n <= MAX_SAMPLES_PER_BATCH:
         raise Rejected("bad_shape", f"{n} samples in one pose batch")
-    cols = {
-        "t_ms": np.fromiter(pose.t_ms, np.int64, n),
-        "x_m": np.fromiter(pose.x_m, np.float64, len(pose.x_m)),
-        "y_m": np.fromiter(pose.y_m, np.float64, len(pose.y_m)),
-        "lat_deg": np.fromiter(pose.lat_deg, np.float64, len(pose.lat_deg)),
-        "lon_deg": np.fromiter(pose.lon_deg, np.float64, len(pose.lon_deg)),
-        "speed_mps": np.fromiter(pose.speed_mps, np.float32, len(pose.speed_mps)),
-        "accel_lon_mps2": np.fromiter(pose.accel_lon_mps2, np.float32, len(pose.accel_lon_mps2)),
-        "accel_lat_mps2": np.fromiter(pose.accel_lat_mps2, np.float32, len(pose.accel_lat_mps2)),
-        "heading_rad": np.fromiter(pose.heading_rad, np.float32, len(pose.heading_rad)),
-        "yaw_rate_rps": np.fromiter(pose.yaw_rate_rps, np.float32, len(pose.yaw_rate_rps)),
-        "steering_rad": np.fromiter(pose.steering_rad, np.float32, len(pose.steering_rad)),
-        "throttle": np.fromiter(pose.throttle, np.float32, len(pose.throttle)),
-        "brake": np.fromiter(pose.brake, np.float32, len(pose.brake)),
-        "gear": np.fromiter(pose.gear, np.int8, len(pose.gear)),
-        "mode": np.fromiter(pose.mode, np.uint8, len(pose.mode)),
-    }
+    cols = pose_columns(pose)
     for name, col in cols.items():
-        if len(col) != n:
-            raise Rejected("bad_shape", f"column {name} has {len(col)} values, t_ms has {n}")
         if col.dtype.kind == "f" and not np.isfinite(col).all():
             raise Rejected("non_finite", f"{name} holds NaN or inf")
     t = cols["t_ms"]

@@ -28,8 +28,8 @@ GROUP_ID = "heartbeat-ingest"
 MIGRATIONS = Path(__file__).parent / "migrations"
 PAYLOAD_BY_TOPIC = {topics.HEARTBEAT: "heartbeat", topics.POSE: "pose", topics.EVENTS: "event",
                     topics.PERCEPTION: "perception"}
-_CHECKS = {"heartbeat": codec.check_heartbeat, "event": codec.check_event,
-           "perception": codec.check_perception}
+# Events and perception are few per second: checked one by one. Heartbeat and pose are screened in bulk.
+_PER_MESSAGE_CHECKS = {"event": codec.check_event, "perception": codec.check_perception}
 ROLLUP_EVERY_S = 30.0  # wall-clock cadence of the daily recompute; an infrastructure knob, not logic
 
 ROLLUP_SQL = """
@@ -68,63 +68,75 @@ class HeartbeatIngest:
     def migrate(self) -> None:
         self.warehouse.migrate("heartbeat_ingest", MIGRATIONS)
 
-    def _decode(self, record: Record) -> common_pb2.Envelope:
-        payload = PAYLOAD_BY_TOPIC[record.topic]
-        env = codec.decode_envelope(record.value, record.key, payload)
-        codec.check_watermark(env.event_time_ms, self.watermark_ms)
-        if payload in _CHECKS:
-            _CHECKS[payload](getattr(env, payload))
-        return env
-
     async def handle(self, records: list[Record]) -> list[Refusal]:
-        """Validate, land ODS + DWD in ClickHouse and live state in Redis; return refusals."""
+        """Validate, land ODS + DWD in ClickHouse and live state in Redis; return refusals.
+
+        Envelope checks run per message; payload checks run vectorised over the batch, and
+        only the suspects they flag are judged one by one (for the exact reason).
+        """
         refusals: list[Refusal] = []
         by_kind: dict[str, list[tuple[Record, common_pb2.Envelope]]] = {k: [] for k in PAYLOAD_BY_TOPIC.values()}
         for record in records:
+            payload = PAYLOAD_BY_TOPIC[record.topic]
             try:
-                env = self._decode(record)
+                env = codec.decode_envelope(record.value, record.key, payload)
+                codec.check_watermark(env.event_time_ms, self.watermark_ms)
+                if payload in _PER_MESSAGE_CHECKS:
+                    _PER_MESSAGE_CHECKS[payload](getattr(env, payload))
             except codec.Rejected as rejected:
                 refusals.append(Refusal(record, rejected.reason, rejected.detail))
                 continue
             self.watermark_ms = max(self.watermark_ms, env.event_time_ms)
-            by_kind[PAYLOAD_BY_TOPIC[record.topic]].append((record, env))
+            by_kind[payload].append((record, env))
+
+        heartbeats = by_kind["heartbeat"]
+        if heartbeats:
+            ods, dwd = rows.heartbeat_tables([env for _, env in heartbeats])
+            suspects = rows.heartbeat_suspects(ods)
+            if suspects.any():
+                heartbeats = self._judge(heartbeats, suspects, lambda env: codec.check_heartbeat(env.heartbeat),
+                                         refusals)
+                ods, dwd = rows.heartbeat_tables([env for _, env in heartbeats])
+            await self.warehouse.ainsert_arrow("ods_heartbeat", ods)
+            await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
 
         poses = by_kind["pose"]
         if poses:
-            arrays, counts, bad = rows.pose_columns([env.pose for _, env in poses])
-            for i in np.flatnonzero(bad):
-                record, env = poses[i]
-                try:
-                    codec.pose_arrays(env.pose)
-                    refusals.append(Refusal(record, "bad_shape", "rejected by the batch check"))
-                except codec.Rejected as rejected:
-                    refusals.append(Refusal(record, rejected.reason, rejected.detail))
-            if bad.any():
-                keep = np.flatnonzero(~bad)
-                poses = [poses[i] for i in keep]
+            arrays, counts, suspects = rows.pose_columns([env.pose for _, env in poses])
+            if suspects.any():
+                poses = self._judge(poses, suspects, lambda env: codec.pose_arrays(env.pose), refusals)
                 arrays, counts, _ = rows.pose_columns([env.pose for _, env in poses])
+            if poses:
+                ods, dwd = rows.pose_tables([env for _, env in poses], arrays, counts)
+                await self.warehouse.ainsert_arrow("ods_pose", ods)
+                await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
 
-        heartbeats = [env for _, env in by_kind["heartbeat"]]
-        pose_envs = [env for _, env in poses]
-        if heartbeats:
-            ods, dwd = rows.heartbeat_tables(heartbeats)
-            await self.warehouse.ainsert_arrow("ods_heartbeat", ods)
-            await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
-        if pose_envs:
-            ods, dwd = rows.pose_tables(pose_envs, arrays, counts)
-            await self.warehouse.ainsert_arrow("ods_pose", ods)
-            await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
         if by_kind["event"]:
-            await self.warehouse.ainsert_arrow("ods_vehicle_event", rows.event_table([e for _, e in by_kind["event"]]))
+            await self.warehouse.ainsert_arrow("ods_vehicle_event",
+                                               rows.event_table([e for _, e in by_kind["event"]]))
         if by_kind["perception"]:
-            await self.warehouse.ainsert_arrow(
-                "ods_perception", rows.perception_table([e for _, e in by_kind["perception"]]))
-        await self.live.apply(heartbeats)
-        for env in (*heartbeats, *pose_envs):
-            self.dirty_days.add(time.strftime("%Y-%m-%d", time.gmtime(env.event_time_ms // 1000)))
+            await self.warehouse.ainsert_arrow("ods_perception",
+                                               rows.perception_table([e for _, e in by_kind["perception"]]))
+        await self.live.apply([env for _, env in heartbeats])
+        days = {env.event_time_ms // 86_400_000 for _, env in (*heartbeats, *poses)}
+        self.dirty_days |= {time.strftime("%Y-%m-%d", time.gmtime(day * 86_400)) for day in days}
         if self.dirty_days and time.monotonic() - self._last_rollup > ROLLUP_EVERY_S:
             await self.rollup()
         return refusals
+
+    @staticmethod
+    def _judge(items, suspects: np.ndarray, check, refusals: list[Refusal]):
+        """Keep the suspects that pass `check`; refuse the others with its reason."""
+        kept = []
+        for (record, env), suspect in zip(items, suspects, strict=True):
+            if suspect:
+                try:
+                    check(env)
+                except codec.Rejected as rejected:
+                    refusals.append(Refusal(record, rejected.reason, rejected.detail))
+                    continue
+            kept.append((record, env))
+        return kept
 
     async def rollup(self, days: set[str] | None = None) -> list[str]:
         """Recompute DWS for the days touched since the last rollup (or `days`)."""

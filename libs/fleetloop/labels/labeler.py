@@ -20,7 +20,9 @@ def label_second(vehicle_id: str, second_ms: int, heartbeat: pb.Heartbeat | None
     messages, each may be None. Returns a LabelRow whose `known` bitset marks the tags the
     inputs allowed to evaluate; everything else is unknown (e.g. no perception => weather,
     light, agents unknown, and `data.no_perception` is TRUE). Numeric values are rounded
-    to float32, the column type, so the row equals what the table returns.
+    to float32, the column type, so the row equals what the table returns. A malformed
+    PoseBatch (column lengths not matching sample_count) raises `fleetloop.codec.Rejected`;
+    validate with `codec.pose_arrays` upstream and dead-letter it.
     """
     inputs = SecondInputs.of(heartbeat, pose, perception)
     tags = known = 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetloop.codec import pose_columns
 from fleetloop.v1 import common_pb2 as pb
 
 MPS_TO_KPH = 3.6
@@ -85,26 +86,33 @@ class ObjectArrays:
 
 @dataclass(frozen=True)
 class SecondInputs:
-    """What one vehicle-second offers the labelers; any part may be missing (None / empty)."""
+    """What one vehicle-second offers the labelers; any part may be missing (None).
+
+    pose: the PoseBatch decoded by `fleetloop.codec.pose_columns` (name -> array of
+    shape (num_samples,)), None when there was no batch or it held no samples.
+    """
 
     heartbeat: pb.Heartbeat | None
-    pose: pb.PoseBatch | None
+    pose: dict[str, np.ndarray] | None
     perception: pb.PerceptionSummary | None
     objects: ObjectArrays | None = None
 
     @classmethod
     def of(cls, heartbeat: pb.Heartbeat | None, pose: pb.PoseBatch | None,
            perception: pb.PerceptionSummary | None) -> SecondInputs:
-        """Normalise: a PoseBatch with no samples counts as missing."""
-        if pose is not None and len(pose.t_ms) == 0:
-            pose = None
+        """Decode the pose columns and object arrays; a PoseBatch with no samples counts as missing.
+
+        A malformed PoseBatch raises `fleetloop.codec.Rejected` (callers validate input with
+        `codec.pose_arrays` first and dead-letter what fails).
+        """
+        columns = pose_columns(pose) if pose is not None and pose.sample_count > 0 else None
         objects = ObjectArrays.from_summary(perception) if perception is not None else None
-        return cls(heartbeat, pose, perception, objects)
+        return cls(heartbeat, columns, perception, objects)
 
     def ego_speed_mps(self) -> float | None:
         """Mean pose speed over the second, else the heartbeat's speed, else None."""
-        if self.pose is not None and len(self.pose.speed_mps):
-            return float(np.mean(np.asarray(self.pose.speed_mps, np.float64)))
+        if self.pose is not None:
+            return float(np.mean(self.pose["speed_mps"], dtype=np.float64))
         if self.heartbeat is not None:
             return float(self.heartbeat.speed_mps)
         return None
@@ -250,11 +258,11 @@ def label_ego(inputs: SecondInputs, th: Mapping[str, float]) -> FamilyLabels:
             out.tags["ego.turn_left"] = maneuver == "turn_left"
             out.tags["ego.turn_right"] = maneuver == "turn_right"
         return out
-    v = np.asarray(pose.speed_mps, np.float64)
-    a_lon = np.asarray(pose.accel_lon_mps2, np.float64)
-    a_lat = np.asarray(pose.accel_lat_mps2, np.float64)
-    yaw = np.asarray(pose.yaw_rate_rps, np.float64)
-    gear = np.asarray(pose.gear, np.int32)
+    v = pose["speed_mps"].astype(np.float64)
+    a_lon = pose["accel_lon_mps2"].astype(np.float64)
+    a_lat = pose["accel_lat_mps2"].astype(np.float64)
+    yaw = pose["yaw_rate_rps"].astype(np.float64)
+    gear = pose["gear"]
     stopped = bool(v.max() < th["stopped_max_speed_mps"])
     out.tags["ego.stopped"] = stopped
     out.tags["ego.reversing"] = bool(np.any((gear == -1) & (v > th["reversing_min_speed_mps"])))
@@ -306,10 +314,10 @@ def label_mode(inputs: SecondInputs, th: Mapping[str, float]) -> FamilyLabels:
     """Driving mode (last pose sample, else heartbeat), mode change, task and vehicle state."""
     out = FamilyLabels()
     hb = inputs.heartbeat
-    modes = list(inputs.pose.mode) if inputs.pose is not None else []
-    if modes:
-        out.tags["mode.changed"] = len(set(modes)) > 1
-    mode = modes[-1] if modes else (hb.mode if hb is not None else pb.DRIVING_MODE_UNSPECIFIED)
+    modes = inputs.pose["mode"] if inputs.pose is not None else None
+    if modes is not None:
+        out.tags["mode.changed"] = bool(np.any(modes != modes[0]))
+    mode = int(modes[-1]) if modes is not None else (hb.mode if hb is not None else pb.DRIVING_MODE_UNSPECIFIED)
     out.one_hot(MODE_TAGS, mode)
     if hb is None:
         return out

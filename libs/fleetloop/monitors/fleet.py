@@ -73,9 +73,9 @@ class FleetMonitor:
                      wall_ms: int | None = None) -> list[Alert]:
         """Feed one heartbeat of `vehicle_id` at event time `event_ms`; returns Alert updates."""
         self._check(vehicle_id, event_ms, wall_ms)
-        for name in ("speed_mps", "x_m", "y_m"):
-            if not math.isfinite(getattr(heartbeat, name)):
-                raise MonitorInputError("non_finite_value", f"heartbeat.{name} of {vehicle_id} is not finite")
+        # One test for all three: a NaN or infinity in any of them makes the sum non-finite.
+        if not math.isfinite(heartbeat.speed_mps + heartbeat.x_m + heartbeat.y_m):
+            raise MonitorInputError("non_finite_value", f"heartbeat of {vehicle_id}: speed or position not finite")
         alerts: list[Alert] = []
         if self.vehicles is not None:
             alerts += self.vehicles.on_heartbeat(vehicle_id, event_ms, heartbeat)
@@ -131,6 +131,8 @@ class FleetMonitor:
         return monitor
 
     def _check(self, vehicle_id: str, event_ms: int, wall_ms: int | None) -> None:
+        if wall_ms is None and self.clock.mode is ClockMode.LIVE:
+            raise ValueError("a LIVE FleetMonitor needs the receiving wall time (wall_ms) of every message")
         if not vehicle_id:
             raise MonitorInputError("missing_vehicle_id", "envelope has no vehicle_id")
         if event_ms <= 0:

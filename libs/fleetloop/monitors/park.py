@@ -231,7 +231,7 @@ class ParkMonitor:
             if rec.stalled:
                 assert rec.stop_start_ms is not None
                 stalled.append((rec.stop_start_ms, vehicle_id, rec))
-            else:
+            elif rec.stop_start_ms is None:
                 moving.append(rec)
         if park.stall is not None:
             if len(stalled) >= cfg.resolve_below:

@@ -57,7 +57,8 @@ class CurveBank:
 
     def end_offset(self, angle: float) -> tuple[float, float]:
         """Local (x, y) of the end of a unit-length piece turning by `angle`."""
-        x, y = self.tables[self.table_id(angle), -1]
+        tid = self.table_id(angle)
+        x, y = self.tables[tid, -1]
         return float(x), float(y)
 
 
@@ -90,6 +91,20 @@ class Piece:
 
 
 @dataclass
+class Hold:
+    """A place on the route where the vehicle stops and waits `dwell_s` (inf: until released).
+
+    `on_arrive(t_ms)` / `on_release(t_ms)` let tasks and incidents react to the stop.
+    """
+
+    pos: float
+    dwell_s: float
+    on_arrive: object = None
+    on_release: object = None
+    arrived_ms: int | None = None
+
+
+@dataclass
 class Park:
     name: str
     city: str
@@ -105,6 +120,8 @@ class City:
     utc_offset_h: float
     map: CityMap
     parks: list[Park]
+    hub: Park
+    weather: list[int]  # WEATHER_* per simulated hour
 
 
 class CityMap:
@@ -274,4 +291,4 @@ def weather_hours(rng: np.random.Generator, hours: int) -> list[int]:
 def latlon(x: np.ndarray, y: np.ndarray, lat0: float, lon0: float) -> tuple[np.ndarray, np.ndarray]:
     """Equirectangular projection of local metres around (lat0, lon0)."""
     k = 180.0 / math.pi / EARTH_RADIUS_M
-    return lat0 + y * k, lon0 + x * k / math.cos(math.radians(lat0))
+    return lat0 + y * k, lon0 + x * k / np.cos(np.radians(lat0))

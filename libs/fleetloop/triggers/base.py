@@ -74,7 +74,7 @@ class Trigger:
     def detection(self, severity: float, onset_ms: int, peak_ms: int, end_ms: int,
                   measurements: Mapping[str, float], detail: str = "",
                   category: Category | None = None) -> Detection:
-        return Detection(self.name, category or self.default_category, float(np.clip(severity, 0.0, 1.0)),
+        return Detection(self.name, category or self.default_category, min(max(float(severity), 0.0), 1.0),
                          int(onset_ms), int(peak_ms), int(end_ms),
                          {k: round(float(v), 6) for k, v in measurements.items()}, detail)
 
@@ -101,11 +101,26 @@ def build_triggers(config: TriggerConfig) -> list[Trigger]:
 
 def nearest_in_path(frames: Frames, half_width_m: float, lookahead_m: float) -> np.ndarray:
     """Per second row (m,): distance (m) to the nearest valid object ahead in the ego path, inf if none."""
-    ok = (frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (frames.obj_rel_x_m > 0)
-          & (frames.obj_rel_x_m <= lookahead_m))
-    lead = np.full(frames.sec_ms.size, np.inf)
-    np.minimum.at(lead, frames.obj_row[ok], frames.obj_rel_x_m[ok])
-    return lead
+    return frames.memo(("nearest_in_path", half_width_m, lookahead_m),
+                       lambda: per_row_min(frames, in_path(frames, half_width_m, lookahead_m), frames.obj_rel_x_m))
+
+
+def in_path(frames: Frames, half_width_m: float, lookahead_m: float) -> np.ndarray:
+    """Per object (k,): valid, ahead within `lookahead_m` and laterally within `half_width_m`."""
+    return frames.memo(("in_path", half_width_m, lookahead_m), lambda: (
+        frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (frames.obj_rel_x_m > 0)
+        & (frames.obj_rel_x_m <= lookahead_m)))
+
+
+def per_row_min(frames: Frames, mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per second row (m,): the minimum of `values` over the objects selected by `mask`, inf if none.
+    Objects are stored in row order, so a segmented reduce does it in one pass."""
+    out = np.full(frames.sec_ms.size, np.inf)
+    rows = frames.obj_row[mask]
+    if rows.size:
+        starts = np.flatnonzero(np.diff(rows, prepend=-1))
+        out[rows[starts]] = np.minimum.reduceat(values[mask], starts)
+    return out
 
 
 def ms(seconds: float) -> int:

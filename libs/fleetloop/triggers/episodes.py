@@ -59,31 +59,26 @@ class EpisodeTracker:
     open: Episode | None = None
     last_sample_ms: int = -1
 
-    def update(self, t_ms: np.ndarray, active: np.ndarray, values: Mapping[str, np.ndarray],
+    def update(self, t_ms: np.ndarray, idx: np.ndarray, values: Mapping[str, np.ndarray],
                horizon_ms: int, extra_breaks: np.ndarray | None = None) -> list[Episode]:
         """Feed one batch; return the episodes that closed.
 
-        t_ms (n,) int64 strictly increasing sample times, all > the previous batch's; active (n,)
-        bool; values: aggregate name → (n,) float64; horizon_ms: no later batch holds a sample
-        before this time; extra_breaks (n,) bool: a break before sample i.
+        t_ms (n,) int64 strictly increasing sample times, all > the previous batch's; idx (a,)
+        ascending indices of the active samples; values: aggregate name → (a,) float64 at those
+        samples; horizon_ms: no later batch holds a sample before this time; extra_breaks (n,) bool:
+        a break before sample i.
         """
         closed: list[Episode] = []
         n = t_ms.size
-        prev_t = np.empty(n, dtype=np.int64)
-        if n:
-            prev_t[0] = self.last_sample_ms
-            prev_t[1:] = t_ms[:-1]
-        breaks = (t_ms - prev_t) > self.bridge_ms
-        if n and self.last_sample_ms < 0:
-            breaks[0] = True
+        # Break positions are few (data gaps, trigger-specific breaks); found with one pass.
+        breaks = np.diff(t_ms, prepend=self.last_sample_ms) > self.bridge_ms
         if extra_breaks is not None:
             breaks |= extra_breaks
-        brk_cum = np.cumsum(breaks)
-        idx = np.flatnonzero(active)
+        bpos = np.flatnonzero(breaks)
         last_end_idx = -1
         if idx.size:
             ta = t_ms[idx]
-            seg = brk_cum[idx]
+            seg = np.searchsorted(bpos, idx, side="right")
             new = np.empty(idx.size, dtype=bool)
             new[0] = True
             new[1:] = ((np.diff(ta) > self.merge_gap_ms) & (np.diff(idx) > 1)) | (np.diff(seg) != 0)
@@ -91,7 +86,7 @@ class EpisodeTracker:
             ends = np.append(starts[1:], idx.size) - 1
             red = {}
             for name, how in self.aggs.items():
-                va = values[name][idx]
+                va = values[name]
                 if how == "changes":
                     flips = np.zeros(va.size)
                     flips[1:] = va[1:] != va[:-1]
@@ -100,16 +95,18 @@ class EpisodeTracker:
                     red[name + "~last"] = va[ends]
                 else:
                     red[name] = va[ends] if how == "last" else _REDUCE[how].reduceat(va, starts)
-            peaks = self._peak_times(ta, starts, red, values, idx)
+            peaks = self._peak_times(ta, starts, red, values)
+            lists = {k: v.tolist() for k, v in red.items()}
+            ta_l, peaks_l = ta.tolist(), peaks.tolist() if peaks is not None else None
             groups = [
-                Episode(int(ta[s]), int(ta[e]), int(e - s + 1), {k: float(v[g]) for k, v in red.items()},
-                        int(peaks[g]) if peaks is not None else int(ta[s]))
-                for g, (s, e) in enumerate(zip(starts, ends, strict=True))
+                Episode(ta_l[s], ta_l[e], e - s + 1, {k: v[g] for k, v in lists.items()},
+                        peaks_l[g] if peaks_l is not None else ta_l[s])
+                for g, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
             ]
             if self.open is not None:
                 adjacent = idx[0] == 0 and self.open.end_ms == self.last_sample_ms
-                near = ta[0] - self.open.end_ms <= self.merge_gap_ms
-                if brk_cum[idx[0]] == 0 and (adjacent or near):
+                near = ta_l[0] - self.open.end_ms <= self.merge_gap_ms
+                if seg[0] == 0 and (adjacent or near):
                     groups[0] = self._merge(self.open, groups[0])
                 else:
                     closed.append(self.open)
@@ -117,7 +114,7 @@ class EpisodeTracker:
             self.open = groups[-1]
             last_end_idx = int(idx[ends[-1]])
         if self.open is not None and n:
-            broken_after = brk_cum[-1] > (brk_cum[last_end_idx] if last_end_idx >= 0 else 0)
+            broken_after = bpos.size > (np.searchsorted(bpos, last_end_idx, side="right") if last_end_idx >= 0 else 0)
             self.last_sample_ms = int(t_ms[-1])
             if broken_after or self._cannot_extend(horizon_ms):
                 closed.append(self.open)
@@ -141,11 +138,11 @@ class EpisodeTracker:
         return horizon_ms - self.open.end_ms > reach
 
     def _peak_times(self, ta: np.ndarray, starts: np.ndarray, red: Mapping[str, np.ndarray],
-                    values: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray | None:
+                    values: Mapping[str, np.ndarray]) -> np.ndarray | None:
         if self.peak is None:
             return None
-        va = values[self.peak][idx]
-        counts = np.diff(np.append(starts, idx.size))
+        va = values[self.peak]
+        counts = np.diff(np.append(starts, va.size))
         at_peak = np.flatnonzero(va == np.repeat(red[self.peak], counts))
         group = np.searchsorted(starts, at_peak, side="right") - 1
         _, first = np.unique(group, return_index=True)

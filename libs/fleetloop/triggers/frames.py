@@ -15,15 +15,18 @@ next (last sample, last task state, last planner maneuver) travels in `FrameCarr
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fleetloop.codec import POSE_DTYPES
 from fleetloop.v1 import common_pb2
 
 RUNNING = common_pb2.TASK_STATE_RUNNING
+# The PoseBatch columns the triggers read (packed little-endian arrays, fleetloop.codec.POSE_DTYPES).
+POSE_COLUMNS = ("t_ms", "x_m", "y_m", "speed_mps", "accel_lon_mps2", "yaw_rate_rps")
 UNKNOWN_MANEUVER = 0
 
 
@@ -51,13 +54,13 @@ class Frames:
 
     samples (n,): `t_ms` int64 epoch ms; `speed_mps`, `accel_lon_mps2` (+ forward), `yaw_rate_rps`
     (+ counter-clockwise), `x_m`, `y_m` float64 (0 where invalid) with masks `speed_valid`,
-    `accel_valid`, `yaw_valid`, `pos_valid`; `step_m` distance to the previous sample (NaN unknown);
-    `row` int64 index into the seconds table.
+    `accel_valid`, `yaw_valid`, `pos_valid`; `step_m` distance (m) to the previous sample (0 when
+    either position is unknown); `row` int64 index into the seconds table.
 
     seconds (m,): `sec_ms` int64 start of the second; `task_running` bool (heartbeat task state,
     carried forward); `has_perception` bool; `perception_ms` int64; `planner_gap_ratio` float64
     ((c2 - c1) / |c1| of the planner's two best costs, NaN when unknown); `maneuver` int64 code
-    (0 unknown); `unprotected_turn` bool; `ego_speed_mps` mean valid speed (NaN none);
+    (0 unknown); `unprotected_turn` bool; `ego_speed_mps` mean valid speed (0 when none);
     `max_decel_mps2` largest valid deceleration (-inf none).
 
     objects (k,): `row`, `object_class` int64; `rel_x_m` (+ ahead), `rel_y_m` (+ left), `rel_vx_mps`,
@@ -106,10 +109,19 @@ class Frames:
     ev_text: list[str]
     ev_source: list[str]
     masked: int = 0
+    malformed: int = 0
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def n_samples(self) -> int:
         return int(self.t_ms.size)
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """A value derived from this batch, computed once for all triggers that need it
+        (e.g. the nearest in-path object per second for hard_brake, phantom_stop and near_miss)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
 
 def maneuver_code(maneuver: str) -> int:
@@ -130,7 +142,7 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
     evaluated) and repeated sample times are dropped. Returns the frames and the carry for the
     next batch. Pure: no I/O, no clock.
     """
-    t, x, y, v, a, w = [], [], [], [], [], []
+    poses: list[common_pb2.PoseBatch] = []
     perc: dict[int, tuple[int, common_pb2.PerceptionSummary]] = {}
     beats: dict[int, tuple[int, int]] = {}
     events: list[tuple[int, int, common_pb2.VehicleEvent]] = []
@@ -139,13 +151,7 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
         which = env.WhichOneof("payload")
         sec = env.event_time_ms // 1000
         if which == "pose":
-            p = env.pose
-            t.extend(p.t_ms)
-            x.extend(p.x_m)
-            y.extend(p.y_m)
-            v.extend(p.speed_mps)
-            a.extend(p.accel_lon_mps2)
-            w.extend(p.yaw_rate_rps)
+            poses.append(env.pose)
         elif which == "perception":
             if sec not in perc or env.event_time_ms < perc[sec][0]:
                 perc[sec] = (env.event_time_ms, env.perception)
@@ -158,8 +164,21 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
             events.append((env.event_time_ms, order, env.event))
             secs.add(sec)
 
-    n = min(len(t), len(x), len(y), len(v), len(a), len(w))  # a malformed batch with ragged columns
-    t_ms = np.asarray(t[:n], dtype=np.int64)
+    # A batch whose columns do not hold `sample_count` values cannot be trusted at all: dropped, counted.
+    # Fast path: when every column's total length matches, every batch does (columns are joined anyway).
+    raw = {c: [getattr(p, c) for p in poses] for c in POSE_COLUMNS}
+    total = sum(p.sample_count for p in poses)
+    malformed = 0
+    if any(sum(map(len, raw[c])) != total * POSE_DTYPES[c].itemsize for c in POSE_COLUMNS):
+        ok = [all(len(raw[c][i]) == p.sample_count * POSE_DTYPES[c].itemsize for c in POSE_COLUMNS)
+              for i, p in enumerate(poses)]
+        malformed = ok.count(False)
+        raw = {c: [b for b, good in zip(raw[c], ok, strict=True) if good] for c in POSE_COLUMNS}
+
+    def cat(name: str, dtype: type) -> np.ndarray:  # one frombuffer per column for the whole batch
+        return np.frombuffer(b"".join(raw[name]), POSE_DTYPES[name]).astype(dtype)
+
+    t_ms = cat("t_ms", np.int64)
     order_idx = np.argsort(t_ms, kind="stable")
     t_ms = t_ms[order_idx]
     keep = t_ms > carry.last_sample_ms
@@ -168,13 +187,13 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
     t_ms = t_ms[keep]
     masked = 0
 
-    def col(values: list[float]) -> np.ndarray:
-        return np.asarray(values[:n], dtype=np.float64)[sel]
+    def col(name: str) -> np.ndarray:
+        return cat(name, np.float64)[sel]
 
-    speed, speed_valid = _mask(col(v), sanity["min_speed_mps"], sanity["max_speed_mps"])
-    accel, accel_valid = _mask(col(a), -sanity["max_abs_accel_mps2"], sanity["max_abs_accel_mps2"])
-    yaw, yaw_valid = _mask(col(w), -sanity["max_abs_yaw_rate_rps"], sanity["max_abs_yaw_rate_rps"])
-    raw_x, raw_y = col(x), col(y)
+    speed, speed_valid = _mask(col("speed_mps"), sanity["min_speed_mps"], sanity["max_speed_mps"])
+    accel, accel_valid = _mask(col("accel_lon_mps2"), -sanity["max_abs_accel_mps2"], sanity["max_abs_accel_mps2"])
+    yaw, yaw_valid = _mask(col("yaw_rate_rps"), -sanity["max_abs_yaw_rate_rps"], sanity["max_abs_yaw_rate_rps"])
+    raw_x, raw_y = col("x_m"), col("y_m")
     pos_valid = np.isfinite(raw_x) & np.isfinite(raw_y)
     # Steps compare raw positions, so a lone 1 km spike masks the spike and the sample after it.
     prev_x = np.concatenate(([carry.last_x_m], raw_x[:-1]))
@@ -187,7 +206,7 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
     masked += int((~speed_valid).sum() + (~accel_valid).sum() + (~yaw_valid).sum() + (~pos_valid).sum())
     xs = np.where(pos_valid, raw_x, 0.0)
     ys = np.where(pos_valid, raw_y, 0.0)
-    step_m = np.where(pos_valid, step_m, np.nan)
+    step_m = np.where(pos_valid & np.isfinite(step_m), step_m, 0.0)
 
     sample_sec = t_ms // 1000
     sec_ms = np.unique(np.concatenate((sample_sec, np.fromiter(secs, np.int64, len(secs))))) * 1000
@@ -195,50 +214,44 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
     row = np.searchsorted(sec_ms, sample_sec * 1000)
 
     task = np.full(m, -1, dtype=np.int64)
-    for sec, (_, state) in beats.items():
-        task[np.searchsorted(sec_ms, sec * 1000)] = state
+    beat_secs = np.fromiter(beats, np.int64, len(beats))
+    task[np.searchsorted(sec_ms, beat_secs * 1000)] = [state for _, state in beats.values()]
     have = task >= 0
     last = np.maximum.accumulate(np.where(have, np.arange(m), -1)) if m else np.zeros(0, np.int64)
     task = np.where(last >= 0, task[np.maximum(last, 0)], carry.task_state)
 
+    perc = dict(sorted(perc.items()))  # objects then come in row order
+    summaries = [summary for _, summary in perc.values()]
+    p_rows = np.searchsorted(sec_ms, np.fromiter(perc, np.int64, len(perc)) * 1000)
     has_perception = np.zeros(m, dtype=bool)
+    has_perception[p_rows] = True
     perception_ms = np.zeros(m, dtype=np.int64)
+    perception_ms[p_rows] = [pt for pt, _ in perc.values()]
     gap_ratio = np.full(m, np.nan)
+    gap_ratio[p_rows] = [(c[1] - c[0]) / max(abs(c[0]), 1e-6) if len(c) >= 2 else np.nan
+                         for c in (summary.planner_top_costs for summary in summaries)]
     maneuver = np.zeros(m, dtype=np.int64)
+    maneuver[p_rows] = [maneuver_code(summary.maneuver) for summary in summaries]
     unprotected = np.zeros(m, dtype=bool)
-    o_row, o_cls, o_x, o_y, o_vx, o_vy, o_conf, o_em = [], [], [], [], [], [], [], []
-    for sec, (pt, summary) in perc.items():
-        r = int(np.searchsorted(sec_ms, sec * 1000))
-        has_perception[r] = True
-        perception_ms[r] = pt
-        costs = summary.planner_top_costs
-        if len(costs) >= 2:
-            gap_ratio[r] = (costs[1] - costs[0]) / max(abs(costs[0]), 1e-6)
-        maneuver[r] = maneuver_code(summary.maneuver)
-        unprotected[r] = summary.unprotected_turn
-        for o in summary.objects:
-            o_row.append(r)
-            o_cls.append(o.object_class)
-            o_x.append(o.rel_x_m)
-            o_y.append(o.rel_y_m)
-            o_vx.append(o.rel_vx_mps)
-            o_vy.append(o.rel_vy_mps)
-            o_conf.append(o.confidence)
-            o_em.append(o.emerged_from_occlusion)
+    unprotected[p_rows] = [summary.unprotected_turn for summary in summaries]
+    flat = [o for summary in summaries for o in summary.objects]
+    o_row = np.repeat(p_rows, [len(summary.objects) for summary in summaries])
+    o_cls = [o.object_class for o in flat]
+    o_em = [o.emerged_from_occlusion for o in flat]
+    obj = [np.array([getattr(o, name) for o in flat], dtype=np.float64)
+           for name in ("rel_x_m", "rel_y_m", "rel_vx_mps", "rel_vy_mps", "confidence")]
     # Seconds without a summary keep the last known maneuver so a gap is not a command flip.
     known = maneuver != UNKNOWN_MANEUVER
     last_m = np.maximum.accumulate(np.where(known, np.arange(m), -1)) if m else np.zeros(0, np.int64)
     maneuver = np.where(last_m >= 0, maneuver[np.maximum(last_m, 0)], carry.maneuver)
 
-    obj = [np.asarray(c, dtype=np.float64) for c in (o_x, o_y, o_vx, o_vy, o_conf)]
-    obj_valid = np.logical_and.reduce([np.isfinite(c) for c in obj]) if o_row else np.zeros(0, bool)
+    obj_valid = np.logical_and.reduce([np.isfinite(c) for c in obj]) if flat else np.zeros(0, bool)
     masked += int((~obj_valid).sum())
     obj = [np.where(obj_valid, c, 0.0) for c in obj]
 
     ev_speed = np.bincount(row[speed_valid], weights=speed[speed_valid], minlength=m)
     ev_count = np.bincount(row[speed_valid], minlength=m)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ego_speed = np.where(ev_count > 0, ev_speed / np.maximum(ev_count, 1), np.nan)
+    ego_speed = ev_speed / np.maximum(ev_count, 1)
     max_decel = np.full(m, -np.inf)
     np.maximum.at(max_decel, row[accel_valid], -accel[accel_valid])
 
@@ -251,7 +264,7 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
         step_m=step_m, row=row, sec_ms=sec_ms, task_running=task == RUNNING,
         has_perception=has_perception, perception_ms=perception_ms, planner_gap_ratio=gap_ratio,
         maneuver=maneuver, unprotected_turn=unprotected, ego_speed_mps=ego_speed, max_decel_mps2=max_decel,
-        obj_row=np.asarray(o_row, dtype=np.int64), obj_class=np.asarray(o_cls, dtype=np.int64),
+        obj_row=o_row.astype(np.int64), obj_class=np.asarray(o_cls, dtype=np.int64),
         obj_rel_x_m=obj[0], obj_rel_y_m=obj[1], obj_rel_vx_mps=obj[2], obj_rel_vy_mps=obj[3],
         obj_confidence=obj[4], obj_emerged=np.asarray(o_em, dtype=bool), obj_valid=obj_valid,
         ev_t_ms=np.asarray([e[0] for e in events], dtype=np.int64),
@@ -259,7 +272,7 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
         ev_to_mode=np.asarray([e.to_mode for e in ev], dtype=np.int64),
         ev_value=np.asarray([e.value for e in ev], dtype=np.float64),
         ev_module=[e.module for e in ev], ev_code=[e.code for e in ev], ev_text=[e.text for e in ev],
-        ev_source=[e.source for e in ev], masked=masked,
+        ev_source=[e.source for e in ev], masked=masked, malformed=malformed,
     )
     new_carry = FrameCarry(
         last_sample_ms=int(t_ms[-1]) if t_ms.size else carry.last_sample_ms,

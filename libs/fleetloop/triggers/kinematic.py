@@ -34,13 +34,13 @@ class _HardDecel(Trigger):
             {"decel": "max", "seen": "max", "occupied": "max", "lead_m": "min", "speed": "max"}, peak="decel")
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
-        decel = -frames.accel_lon_mps2
-        active = frames.accel_valid & (decel >= self.hd["decel_mps2"])
-        lead = nearest_in_path(frames, self.path["half_width_m"], self.path["lookahead_m"])[frames.row]
-        values = {"decel": decel, "seen": frames.has_perception[frames.row].astype(np.float64),
+        idx = np.flatnonzero(frames.accel_valid & (frames.accel_lon_mps2 <= -self.hd["decel_mps2"]))
+        row = frames.row[idx]
+        lead = nearest_in_path(frames, self.path["half_width_m"], self.path["lookahead_m"])[row]
+        values = {"decel": -frames.accel_lon_mps2[idx], "seen": frames.has_perception[row].astype(np.float64),
                   "occupied": np.isfinite(lead).astype(np.float64), "lead_m": lead,
-                  "speed": frames.speed_mps}
-        return self._detect(self.tracker.update(frames.t_ms, active, values, horizon_ms))
+                  "speed": frames.speed_mps[idx]}
+        return self._detect(self.tracker.update(frames.t_ms, idx, values, horizon_ms))
 
     def finish(self) -> list[Detection]:
         return self._detect(self.tracker.close())
@@ -121,11 +121,10 @@ class Weaving(Trigger):
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
         yaw = frames.yaw_rate_rps
-        abs_yaw = np.abs(yaw)
-        active = (frames.yaw_valid & frames.speed_valid & (frames.speed_mps > self.p["min_speed_mps"])
-                  & (abs_yaw >= self.p["yaw_rate_rps"]))
-        values = {"abs_yaw": abs_yaw, "sign": np.sign(yaw), "speed": frames.speed_mps}
-        return self._detect(self.tracker.update(frames.t_ms, active, values, horizon_ms))
+        idx = np.flatnonzero((np.abs(yaw) >= self.p["yaw_rate_rps"]) & frames.yaw_valid & frames.speed_valid
+                             & (frames.speed_mps > self.p["min_speed_mps"]))
+        values = {"abs_yaw": np.abs(yaw[idx]), "sign": np.sign(yaw[idx]), "speed": frames.speed_mps[idx]}
+        return self._detect(self.tracker.update(frames.t_ms, idx, values, horizon_ms))
 
     def finish(self) -> list[Detection]:
         return self._detect(self.tracker.close())
@@ -165,10 +164,10 @@ class StopNotGo(Trigger):
         self.tracker = EpisodeTracker(ms(self.p["merge_gap_s"]), ms(self.p["bridge_gap_s"]), {})
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
-        active = (frames.speed_valid & (frames.speed_mps <= self.p["max_speed_mps"])
-                  & frames.task_running[frames.row])
-        moved = np.nan_to_num(frames.step_m, nan=0.0) > self.p["max_step_m"]
-        closed = self.tracker.update(frames.t_ms, active, {}, horizon_ms, extra_breaks=moved)
+        slow = np.flatnonzero(frames.speed_valid & (frames.speed_mps <= self.p["max_speed_mps"]))
+        idx = slow[frames.task_running[frames.row[slow]]]
+        moved = frames.step_m > self.p["max_step_m"]
+        closed = self.tracker.update(frames.t_ms, idx, {}, horizon_ms, extra_breaks=moved)
         return self._detect(closed + ([self.tracker.open] if self.tracker.open else []))
 
     def finish(self) -> list[Detection]:

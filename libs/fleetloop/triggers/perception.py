@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from fleetloop.triggers.base import Category, Detection, Trigger, ms, register
+from fleetloop.triggers.base import (
+    Category,
+    Detection,
+    Trigger,
+    in_path,
+    ms,
+    nearest_in_path,
+    per_row_min,
+    register,
+)
 from fleetloop.triggers.config import TriggerConfig, TriggerSpec
 from fleetloop.triggers.episodes import Episode, EpisodeTracker
 from fleetloop.triggers.frames import Frames
@@ -31,7 +40,9 @@ class _SummaryTrigger(Trigger):
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
         rows = np.flatnonzero(frames.has_perception)
         active, values = self.rows(frames, rows)
-        return self._detect(self.tracker.update(frames.perception_ms[rows], active, values, horizon_ms))
+        idx = np.flatnonzero(active)
+        values = {k: v[idx] for k, v in values.items()}
+        return self._detect(self.tracker.update(frames.perception_ms[rows], idx, values, horizon_ms))
 
     def finish(self) -> list[Detection]:
         return self._detect(self.tracker.close())
@@ -74,19 +85,15 @@ class NearMiss(_SummaryTrigger):
         self.hard_decel_mps2 = config.section("hard_decel")["decel_mps2"]
 
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        m = frames.sec_ms.size
-        in_path = (frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= self.path["half_width_m"])
-                   & (frames.obj_rel_x_m > 0) & (frames.obj_rel_x_m <= self.path["lookahead_m"]))
-        closing = in_path & (frames.obj_rel_vx_mps <= -self.p["min_closing_mps"])
-        ttc = np.full(m, np.inf)
-        np.minimum.at(ttc, frames.obj_row[closing],
-                      frames.obj_rel_x_m[closing] / -frames.obj_rel_vx_mps[closing])
-        dist = np.full(m, np.inf)
-        np.minimum.at(dist, frames.obj_row[in_path], frames.obj_rel_x_m[in_path])
-        moving = np.nan_to_num(frames.ego_speed_mps, nan=0.0) > self.p["min_speed_mps"]
+        hw, la = self.path["half_width_m"], self.path["lookahead_m"]
+        closing = in_path(frames, hw, la) & (frames.obj_rel_vx_mps <= -self.p["min_closing_mps"])
+        with np.errstate(divide="ignore"):
+            ttc = per_row_min(frames, closing, frames.obj_rel_x_m / -frames.obj_rel_vx_mps)
+        dist = nearest_in_path(frames, hw, la)
+        moving = frames.ego_speed_mps > self.p["min_speed_mps"]
         active = ((ttc < self.p["ttc_s"]) | ((dist < self.p["min_distance_m"]) & moving))[rows]
         values = {"neg_ttc": -ttc[rows], "min_dist": dist[rows], "decel": frames.max_decel_mps2[rows],
-                  "speed": np.nan_to_num(frames.ego_speed_mps, nan=0.0)[rows]}
+                  "speed": frames.ego_speed_mps[rows]}
         return active, values
 
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
@@ -179,7 +186,7 @@ class SceneComplexity(_SummaryTrigger):
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         m = frames.sec_ms.size
         r = frames.obj_row
-        ego_v = np.nan_to_num(frames.ego_speed_mps, nan=0.0)[r]
+        ego_v = frames.ego_speed_mps[r]
         oncoming = (frames.obj_valid & (frames.obj_rel_x_m > 0)
                     & (frames.obj_rel_vx_mps + ego_v < -self.p["oncoming_speed_mps"]))
         near = np.hypot(frames.obj_rel_x_m, frames.obj_rel_y_m) <= self.p["occlusion_distance_m"]

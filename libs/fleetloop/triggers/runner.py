@@ -8,7 +8,8 @@ when an event is emitted, never which events there are. Input rules:
 - duplicates (same `message_id`, or same bytes when it is empty) of a buffered message: skipped;
 - input older than the evaluated horizon (late, out of order, or a re-sent duplicate of an
   evaluated second): skipped and counted as `stale`; the events are already out;
-- NaN/inf and implausible values: masked in `frames` and counted as `masked_values`;
+- NaN/inf and implausible values: masked in `frames` and counted as `masked_values`; a pose batch
+  whose columns do not match its `sample_count` is dropped whole and counted as `malformed_pose`;
 - pose gaps: each trigger's `bridge_gap_s` says how long a gap its episodes survive (sub-second
   for braking and weaving dynamics, two minutes for a vehicle stuck in place);
 - another vehicle's messages or an envelope without payload: skipped and counted.
@@ -72,8 +73,8 @@ class TriggerRunner:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: accepted, duplicate, stale, wrong_vehicle, empty, masked_values."""
-        return dict(self.counters)
+        """Counters: accepted, duplicate, stale, wrong_vehicle, empty, masked_values, malformed_pose."""
+        return {k: v for k, v in self.counters.items() if v}
 
     def to_bytes(self) -> bytes:
         """The whole runner state, compact: open episodes, carry, buffered messages, counters."""
@@ -139,6 +140,7 @@ class TriggerRunner:
                 envelopes.append(env)
         frames, self.carry = build_frames(envelopes, self.carry, self.config.section("sanity"))
         self.counters["masked_values"] += frames.masked
+        self.counters["malformed_pose"] += frames.malformed
         self.closed_until_ms = until_ms
         return self._events(self._evaluate(frames, until_ms))
 

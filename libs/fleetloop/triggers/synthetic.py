@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetloop.codec import POSE_DTYPES, pose_batch
 from fleetloop.v1 import common_pb2
 
 HZ = 10
@@ -58,10 +59,11 @@ class SyntheticDrive:
                                                task_state=int(self.task_state[s]))))
             out.append(common_pb2.Envelope(
                 schema_version=1, vehicle_id=vid, event_time_ms=sec_ms, message_id=f"{vid}/pose/{sec_ms}",
-                pose=common_pb2.PoseBatch(
-                    t_ms=t[sl].tolist(), x_m=x[sl].tolist(), y_m=y[sl].tolist(),
-                    speed_mps=self.speed_mps[sl].tolist(), accel_lon_mps2=self.accel_lon_mps2[sl].tolist(),
-                    yaw_rate_rps=self.yaw_rate_rps[sl].tolist())))
+                pose=pose_batch({
+                    **{name: np.zeros(HZ) for name in POSE_DTYPES}, "t_ms": t[sl], "x_m": x[sl], "y_m": y[sl],
+                    "speed_mps": self.speed_mps[sl], "accel_lon_mps2": self.accel_lon_mps2[sl],
+                    "yaw_rate_rps": self.yaw_rate_rps[sl], "gear": np.ones(HZ),
+                    "mode": np.full(HZ, common_pb2.DRIVING_MODE_AUTONOMOUS)})))
             out.append(common_pb2.Envelope(
                 schema_version=1, vehicle_id=vid, event_time_ms=sec_ms + 500, message_id=f"{vid}/perc/{sec_ms}",
                 perception=common_pb2.PerceptionSummary(

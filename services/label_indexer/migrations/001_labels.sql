@@ -5,8 +5,9 @@
 --   A tag whose k bit is 0 is UNKNOWN for the row: its input was missing that second, or
 --   the tag is newer than the row's taxonomy_version. Queries never treat unknown as false.
 -- Bit words rather than one column per tag: a conjunction of tags in one word is a single
---   bitAnd(t0, mask) = mask over one column, measured faster than AND-ing UInt8 columns
---   (see fleetloop.query.compiler). 4 words = 256 tags; a 5th word is an ALTER ADD COLUMN.
+--   bitAnd(t0, mask) = mask over one column; adding a tag needs no DDL. Measured against
+--   per-tag UInt8 columns in fleetloop.query.compiler's docstring (even for one word,
+--   per-tag faster when a query spans words). 4 words = 256 tags; a 5th is ALTER ADD COLUMN.
 -- Numeric values: one Float32 column each, NaN when unknown (comparisons with NaN are false).
 -- Idempotent re-labelling: ReplacingMergeTree keyed by (vehicle_id, ts); the row with the
 --   highest taxonomy_version wins, and among equal versions the last inserted. Readers use FINAL.

@@ -1,0 +1,70 @@
+"""Simulation configuration: what to simulate (SimConfig) and the tuned parameters (sim.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+START_MS_DEFAULT = 1_780_293_600_000  # 2026-06-01T06:00:00Z
+
+INCIDENT_KINDS = ("hard_brake", "phantom_stop", "near_miss", "contact", "weaving", "stop_not_go", "takeover",
+                  "call_for_help", "error_code", "operator_speech", "planner_uncertainty", "scene_complexity",
+                  "offline", "park_blockage", "error_burst")
+PARK_KINDS = ("park_blockage", "error_burst")
+
+
+@dataclass(frozen=True)
+class ScheduledIncident:
+    """An incident to inject. `at_s` counts from the simulation start; the incident starts at the first
+    second at or after it when the vehicle can show it (e.g. a hard brake needs speed and a straight
+    road) and its previous incident ended >= 60 s before. For park_blockage / error_burst,
+    `vehicle_index` names any vehicle of the park. `duration_s` overrides the drawn duration of kinds
+    that have one (weaving, stop_not_go, takeover, call_for_help, offline, planner_uncertainty,
+    park_blockage); `params` may set kind-specific choices (scene_complexity: {"variant":
+    "unprotected_left"|"occluded_pedestrian"|"unknown_object"})."""
+
+    kind: str
+    vehicle_index: int
+    at_s: float
+    duration_s: float | None = None
+    params: dict | None = None
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate.
+
+    vehicles: fleet size (~25 % trucks). start_ms: epoch ms of the first second. duration_s: seconds
+    to simulate. seed: everything random derives from it. incidents_per_vehicle_hour: density of the
+    random incident schedule, used when `incidents` is None; an explicit list replaces it.
+    """
+
+    vehicles: int = 50
+    start_ms: int = START_MS_DEFAULT
+    duration_s: int = 3 * 3600
+    seed: int = 7
+    incidents_per_vehicle_hour: float = 0.8
+    incidents: list[ScheduledIncident] | None = None
+
+    def validate(self) -> None:
+        if self.vehicles < 1:
+            raise ValueError("vehicles must be >= 1")
+        if self.duration_s < 1:
+            raise ValueError("duration_s must be >= 1")
+        if not 2**35 <= self.start_ms < 2**42 - 1000 * self.duration_s:
+            raise ValueError("start_ms must be an epoch-ms time between 1971 and 2109")
+        for inc in self.incidents or []:
+            if inc.kind not in INCIDENT_KINDS:
+                raise ValueError(f"unknown incident kind {inc.kind!r}; known: {', '.join(INCIDENT_KINDS)}")
+            if not 0 <= inc.vehicle_index < self.vehicles:
+                raise ValueError(f"incident vehicle_index {inc.vehicle_index} outside the fleet")
+
+
+@lru_cache(maxsize=1)
+def load_params() -> dict:
+    """The simulator parameters from sim.yaml next to this module."""
+    with open(Path(__file__).with_name("sim.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)

@@ -1,0 +1,741 @@
+"""Injected incidents: the schedule and the behaviour of each kind (docs/INCIDENTS.md).
+
+A `Behaviour` waits until its time has come, the vehicle's previous incident ended >= 60 s ago and
+the vehicle can show the incident (a hard brake needs speed on a straight road), then drives the
+vehicle through the documented signal shape and writes its ground-truth row. Behaviours act on the
+simulator through a narrow surface: the control arrays (speed override, holds, weaving, mode), the
+per-second perception hooks and `emit_event`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fleetloop.sim.config import INCIDENT_KINDS, PARK_KINDS, ScheduledIncident, SimConfig
+from fleetloop.sim.ground_truth import Incident
+from fleetloop.sim.world import J_YIELD, Hold
+from fleetloop.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from fleetloop.sim.fleet import FleetSimulator
+
+AUTO, REMOTE, MANUAL = (common_pb2.DRIVING_MODE_AUTONOMOUS, common_pb2.DRIVING_MODE_REMOTE,
+                        common_pb2.DRIVING_MODE_MANUAL)
+RUNNING = common_pb2.TASK_STATE_RUNNING
+EV = common_pb2.VehicleEvent
+OBJ = common_pb2.PerceivedObject
+_PATH_CLASSES = (common_pb2.OBJECT_CLASS_CAR, common_pb2.OBJECT_CLASS_TRUCK, common_pb2.OBJECT_CLASS_TRICYCLE)
+_CROSSING_CLASSES = (common_pb2.OBJECT_CLASS_PEDESTRIAN, common_pb2.OBJECT_CLASS_CYCLIST,
+                     common_pb2.OBJECT_CLASS_CAR)
+
+
+class Behaviour:
+    """One incident of one vehicle (or, for park-level kinds, of one park).
+
+    Lifecycle: "pending" until `try_start` finds it ready, "active" while it shapes the signals,
+    "done" once its ground-truth row is written.
+    """
+
+    kind = ""
+    expected: tuple[str, ...] = ()
+
+    def __init__(self, sim: FleetSimulator, incident_id: str, vehicle: int, at_ms: int, duration_s: float | None,
+                 params: dict | None, rng: np.random.Generator) -> None:
+        self.sim, self.id, self.i, self.at_ms = sim, incident_id, vehicle, at_ms
+        self.q = sim.p["incidents"]
+        self.rng = rng
+        self.params = params or {}
+        self.duration_s = duration_s
+        self.state = "pending"
+        self.start_ms: int | None = None
+        self.end_ms: int | None = None
+        self.detail: dict = {}
+        self.on_done = None  # park-level parent callback
+
+    # -- to override
+    def max_s(self) -> float:
+        """Upper bound of the incident's length (s): it only starts when it can finish in the run."""
+        return 30.0
+
+    def ready(self, t_ms: int) -> bool:
+        return True
+
+    def start(self, t_ms: int) -> None:
+        self.start_ms = t_ms
+
+    def on_second(self, t_ms: int) -> None:
+        """Called at the start of every second while active, before perception is built."""
+
+    def on_substep(self, i: int, t_ms: int) -> None:
+        """Called after every 10 Hz step while the vehicle's speed override is on."""
+
+    # -- shared
+    def try_start(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        claimed = sim.active[i]
+        if (claimed is not None and claimed is not self) or t_ms < sim.free_at_ms[i]:
+            return
+        if t_ms + 1000 * self.max_s() > sim.end_ms or not self.ready(t_ms):
+            return
+        self.state = "active"
+        sim.active[i] = self
+        self.start(t_ms)
+
+    def end(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        self.state = "done"
+        self.end_ms = t_ms
+        sim.active[i] = None
+        sim.ovr[i] = False
+        sim.free_at_ms[i] = t_ms + int(1000 * self.q["min_gap_s"])
+        self.record()
+        if self.on_done:
+            self.on_done(self)
+
+    def record(self) -> None:
+        veh = self.sim.vehicles[self.i]
+        self.sim.add_incident(Incident(
+            incident_id=self.id, kind=self.kind, vehicle_id=veh.vehicle_id, start_ms=int(self.start_ms),
+            end_ms=int(self.end_ms), expected_triggers=self.expected, park=veh.park.name, city=veh.city.name,
+            detail=self.detail))
+
+    def finish(self) -> None:
+        """At the end of the run: an incident still active is recorded up to the end, marked truncated."""
+        if self.state == "active" and self.start_ms is not None:
+            self.detail["truncated"] = True
+            self.end_ms = self.sim.end_ms
+            self.state = "done"
+            self.record()
+
+    # -- readiness helpers
+    def cruising(self, min_speed: float, straight_m: float) -> bool:
+        """Autonomous, task running, at speed on a straight with `straight_m` of clear road ahead."""
+        sim, i = self.sim, self.i
+        return (sim.v[i] >= min_speed and sim.task_state[i] == RUNNING and sim.mode[i] == AUTO
+                and not sim.lc_on[i] and not sim.w_on[i] and sim.straight_ahead_m(i) >= straight_m)
+
+    def uniform(self, bounds: list[float]) -> float:
+        return float(self.rng.uniform(bounds[0], bounds[1]))
+
+    def obj(self, cls: int, x: float, y: float, vx: float, vy: float = 0.0, conf: float = 0.9,
+            emerged: bool = False, track: int | None = None) -> OBJ:
+        size = {common_pb2.OBJECT_CLASS_PEDESTRIAN: (0.5, 0.5), common_pb2.OBJECT_CLASS_CYCLIST: (1.8, 0.6),
+                common_pb2.OBJECT_CLASS_TRICYCLE: (2.8, 1.2), common_pb2.OBJECT_CLASS_TRUCK: (9.0, 2.5),
+                common_pb2.OBJECT_CLASS_UNKNOWN: (1.2, 0.9)}.get(cls, (4.6, 1.9))
+        return OBJ(track_id=track or self.sim.new_track_id(), object_class=cls, rel_x_m=x, rel_y_m=y,
+                   rel_vx_mps=vx, rel_vy_mps=vy, length_m=size[0], width_m=size[1], confidence=conf,
+                   emerged_from_occlusion=emerged)
+
+    def show(self, *objects: OBJ, no_lead: bool = True) -> None:
+        sim = self.sim
+        sim.perc_objects.setdefault(self.i, []).extend(objects)
+        if no_lead:
+            sim.perc_no_lead.add(self.i)
+
+    def override(self, accel: float, jerk: float) -> None:
+        sim, i = self.sim, self.i
+        sim.ovr[i], sim.ovr_a[i], sim.ovr_j[i] = True, accel, jerk
+
+
+class HardBrake(Behaviour):
+    """Decel ramps at 20 m/s^3 to a 5.4-6.6 m/s^2 peak held ~0.9 s (>= 0.6 s beyond 4), then releases.
+
+    hard_brake: a lead object in the path (|rel_y| <= 1.5 m, 14 m ahead, TTC 3 s) brakes; phantom_stop:
+    the same profile while perception shows the path clear (no lead, all agents >= 2.6 m aside)."""
+
+    kind, expected = "hard_brake", ("hard_brake",)
+    phantom = False
+
+    def max_s(self) -> float:
+        return 20.0
+
+    def ready(self, t_ms: int) -> bool:
+        return self.cruising(7.0, 60.0)
+
+    def start(self, t_ms: int) -> None:
+        self.phase = "arm"
+        self.brake_ms = t_ms + 1000
+        self.peak = self.uniform(self.q["brake_peak_mps2"])
+        self.track = self.sim.new_track_id()
+        self.cls = _PATH_CLASSES[int(self.rng.integers(len(_PATH_CLASSES)))]
+        self.lat = self.uniform([-0.6, 0.6])
+        self.detail = {"peak_decel_mps2": round(self.peak, 3)}
+
+    def on_second(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        k = (t_ms - self.brake_ms) // 1000
+        if not self.phantom and k <= 2:
+            # the lead: closing gently, then braking hard in front of us (TTC 3 s), then stopped ahead
+            x = (20.0, 14.0, 10.0, 11.0)[k + 1]
+            vx = (-1.5, -14.0 / 3.0, 0.5, 1.0)[k + 1]
+            self.show(self.obj(self.cls, x, self.lat, vx, track=self.track))
+        elif self.phantom:
+            sim.perc_no_lead.add(i)
+        if self.phase == "arm" and t_ms >= self.brake_ms:
+            self.phase = "brake"
+            self.start_ms = t_ms
+            self.v0 = float(sim.v[i])
+            self.detail["speed_before_mps"] = round(self.v0, 2)
+            self.override(-self.peak, self.q["brake_jerk_mps3"])
+        elif self.phase == "after" and t_ms >= self.release_ms + 2000 and k >= 3:
+            self.end(t_ms)
+
+    def on_substep(self, i: int, t_ms: int) -> None:
+        sim = self.sim
+        held = (t_ms - self.start_ms) / 1000.0 >= self.q["brake_hold_s"]
+        slow = sim.v[i] <= self.v0 - self.q["brake_speed_drop_mps"]
+        if self.phase == "brake" and (sim.v[i] == 0.0 or (held and slow)):
+            self.phase = "release"
+            self.override(0.0, self.q["brake_jerk_mps3"])
+        elif self.phase == "release" and (sim.a[i] >= -0.05 or sim.v[i] == 0.0):
+            self.phase = "after"
+            self.release_ms = t_ms
+            sim.ovr[i] = False
+
+
+class PhantomStop(HardBrake):
+    kind, expected = "phantom_stop", ("phantom_stop",)
+    phantom = True
+
+
+class NearMiss(Behaviour):
+    """A pedestrian / cyclist / car crosses into the path 1.3 s ahead (TTC < 1.5 s in two summaries);
+    the ego brakes at 3.0 m/s^2 (<= 3.5, no hard brake) for 1.5 s."""
+
+    kind, expected = "near_miss", ("near_miss",)
+
+    def max_s(self) -> float:
+        return 10.0
+
+    def ready(self, t_ms: int) -> bool:
+        return self.cruising(6.0, 70.0)
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        sim, i = self.sim, self.i
+        self.s0, self.v0 = float(sim.s[i]), float(sim.v[i])
+        self.x0 = 1.3 * self.v0
+        self.cls = _CROSSING_CLASSES[int(self.rng.integers(len(_CROSSING_CLASSES)))]
+        self.track = sim.new_track_id()
+        self.detail = {"ttc_s": 1.3, "object_class": int(self.cls)}
+        self.override(-self.q["near_miss_decel_mps2"], 10.0)
+
+    def on_second(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        k = (t_ms - self.start_ms) // 1000
+        x = max(2.0, self.x0 - (float(sim.s[i]) - self.s0))
+        v = float(sim.v[i])
+        if k == 0:
+            self.show(self.obj(self.cls, self.x0, 1.2, -v, -1.5, track=self.track))
+        elif k == 1:
+            self.show(self.obj(self.cls, x, -0.3, -v, -1.5, track=self.track))
+        elif k == 2:
+            self.show(self.obj(self.cls, x - v, -2.6, -v, -1.5, track=self.track))
+        else:
+            self.end(t_ms)
+
+    def on_substep(self, i: int, t_ms: int) -> None:
+        sim = self.sim
+        if t_ms - self.start_ms >= 1500 and sim.ovr_a[i] < 0:
+            self.override(0.0, 10.0)
+        elif sim.ovr_a[i] == 0.0 and (sim.a[i] >= -0.05 or sim.v[i] == 0.0):
+            sim.ovr[i] = False
+
+
+class Contact(Behaviour):
+    """A bumper contact at low speed: a CONTACT event (impact m/s), ego brakes at 3.0 m/s^2 to a stop
+    and waits 8-25 s."""
+
+    kind, expected = "contact", ("contact",)
+
+    def max_s(self) -> float:
+        return 45.0
+
+    def ready(self, t_ms: int) -> bool:
+        sim, i = self.sim, self.i
+        return sim.vehicles[i].kind == "van" and sim.v[i] <= 8.0 and self.cruising(2.0, 40.0)
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        sim, i = self.sim, self.i
+        impact = self.uniform(self.q["contact_impact_mps"])
+        self.detail = {"impact_mps": round(impact, 3)}
+        sim.emit_event(i, t_ms + 50, EV(kind=common_pb2.EVENT_KIND_CONTACT, value=impact, source="system",
+                                       text="front bumper contact sensor"))
+        decel = self.q["contact_decel_mps2"]
+        v = float(sim.v[i])
+        self.override(-decel, 10.0)
+        stop_at = float(sim.s[i]) + v * v / (2 * decel) + 0.15 * v + 0.3  # + the 0.3 s jerk ramp
+        sim.add_hold(i, Hold(stop_at, self.uniform(self.q["contact_hold_s"]), on_release=self._released))
+
+    def on_substep(self, i: int, t_ms: int) -> None:
+        if self.sim.v[i] == 0.0:
+            self.sim.ovr[i] = False
+
+    def _released(self, i: int, t_ms: int) -> None:
+        self.end(t_ms)
+
+
+class Weaving(Behaviour):
+    """Yaw-rate oscillation 0.18-0.28 rad/s, period 1.8-2.6 s, for 7-10 s at > 4 m/s ("drawing a dragon")."""
+
+    kind, expected = "weaving", ("weaving",)
+
+    def max_s(self) -> float:
+        return 15.0
+
+    def ready(self, t_ms: int) -> bool:
+        sim, i = self.sim, self.i
+        return self.cruising(5.0, float(sim.plimit[i]) * 10.0 + 20.0)
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        sim, i = self.sim, self.i
+        period = self.uniform(self.q["weaving_period_s"])
+        total = self.duration_s or self.uniform(self.q["weaving_total_s"])
+        periods = max(2, math.floor(total / period))
+        if periods * period < self.q["weaving_total_s"][0]:
+            periods += 1
+        amp = self.uniform(self.q["weaving_amp_rps"])
+        sim.w_on[i], sim.w_t0[i], sim.w_amp[i] = True, t_ms / 1000.0, amp
+        sim.w_period[i], sim.w_lobes[i] = period, 2 * periods
+        self.until_ms = t_ms + 1000 * math.ceil(periods * period)
+        self.detail = {"amplitude_rps": round(amp, 3), "period_s": round(period, 3), "periods": periods}
+
+    def on_second(self, t_ms: int) -> None:
+        if t_ms >= self.until_ms:
+            self.sim.w_on[self.i] = False
+            self.sim._recentre = True
+            self.end(t_ms)
+
+
+class StopNotGo(Behaviour):
+    """Comfortable stop with the task RUNNING, standstill for 240-700 s, then moves on. The row spans
+    standstill: start = the stop, end = moving again."""
+
+    kind, expected = "stop_not_go", ("stop_not_go",)
+
+    def hold_s(self) -> float:
+        return self.duration_s or self.uniform(self.q["stop_not_go_s"])
+
+    def max_s(self) -> float:
+        return self.q["stop_not_go_s"][1] + 90.0 if self.duration_s is None else self.duration_s + 90.0
+
+    def ready(self, t_ms: int) -> bool:
+        v = float(self.sim.v[self.i])
+        return self.cruising(3.0, v * v / 2.8 + 40.0)
+
+    def start(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        v = float(sim.v[i])
+        self.dwell = self.hold_s()
+        self.detail["stall_s"] = round(self.dwell, 1)
+        sim.add_hold(i, Hold(float(sim.s[i]) + v * v / 2.8 + 10.0, self.dwell, on_arrive=self._arrived,
+                             on_release=self._released))
+
+    def _arrived(self, i: int, t_ms: int) -> None:
+        self.start_ms = t_ms
+
+    def _released(self, i: int, t_ms: int) -> None:
+        self.end(t_ms)
+
+
+class Takeover(Behaviour):
+    """A TAKEOVER event (autonomous -> manual, safety driver), manual for 20-120 s, then a MODE_CHANGE back."""
+
+    kind, expected = "takeover", ("takeover",)
+
+    def max_s(self) -> float:
+        return (self.duration_s or self.q["takeover_s"][1]) + 5.0
+
+    def ready(self, t_ms: int) -> bool:
+        sim, i = self.sim, self.i
+        return sim.v[i] >= 2.0 and sim.task_state[i] == RUNNING and sim.mode[i] == AUTO
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        sim, i = self.sim, self.i
+        dur = self.duration_s or self.uniform(self.q["takeover_s"])
+        self.until_ms = t_ms + 1000 * int(round(dur))
+        torque = self.uniform([2.5, 6.0])
+        sim.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_TAKEOVER, from_mode=AUTO, to_mode=MANUAL,
+                                   value=torque, source="safety_driver"))
+        sim.set_mode(i, MANUAL)
+        self.detail = {"manual_s": round(dur), "torque_nm": round(torque, 2)}
+
+    def on_second(self, t_ms: int) -> None:
+        if t_ms >= self.until_ms:
+            self.sim.emit_event(self.i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=MANUAL,
+                                                 to_mode=AUTO, source="safety_driver"))
+            self.sim.set_mode(self.i, AUTO)
+            self.end(t_ms)
+
+
+class CallForHelp(Behaviour):
+    """Blocked: the vehicle stops, sends CALL_FOR_HELP, a remote operator takes over (MODE_CHANGE to
+    REMOTE) and drives slowly for 30-180 s, then hands back (MODE_CHANGE to AUTONOMOUS)."""
+
+    kind, expected = "call_for_help", ("call_for_help",)
+
+    def max_s(self) -> float:
+        return (self.duration_s or self.q["call_for_help_remote_s"][1]) + 90.0
+
+    def ready(self, t_ms: int) -> bool:
+        v = float(self.sim.v[self.i])
+        return self.cruising(3.0, v * v / 2.8 + 40.0)
+
+    def start(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        v = float(sim.v[i])
+        self.phase = "stopping"
+        self.hold = Hold(float(sim.s[i]) + v * v / 2.8 + 10.0, math.inf, on_arrive=self._arrived)
+        sim.add_hold(i, self.hold)
+        self.remote_s = self.duration_s or self.uniform(self.q["call_for_help_remote_s"])
+        self.detail = {"remote_s": round(self.remote_s)}
+
+    def _arrived(self, i: int, t_ms: int) -> None:
+        self.start_ms = t_ms
+        self.phase = "stopped"
+        self.call_ms = (t_ms // 1000 + int(self.rng.integers(5, 12))) * 1000
+        self.remote_ms = self.call_ms + 1000 * int(self.rng.integers(5, 12))
+        self.back_ms = self.remote_ms + 1000 * int(round(self.remote_s))
+
+    def on_second(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        if self.phase == "stopped" and t_ms >= self.call_ms:
+            sim.emit_event(i, t_ms + int(self.rng.integers(1000)), EV(
+                kind=common_pb2.EVENT_KIND_CALL_FOR_HELP, source="system", text="blocked by a double-parked truck"))
+            self.phase = "called"
+        elif self.phase == "called" and t_ms >= self.remote_ms:
+            sim.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=AUTO, to_mode=REMOTE,
+                                       source="remote_operator"))
+            sim.set_mode(i, REMOTE)
+            sim.v_cap[i] = self.q["remote_speed_mps"]
+            sim.release_hold(i, self.hold, t_ms)
+            self.phase = "remote"
+        elif self.phase == "remote" and t_ms >= self.back_ms:
+            sim.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=REMOTE, to_mode=AUTO,
+                                       source="remote_operator"))
+            sim.set_mode(i, AUTO)
+            sim.v_cap[i] = math.inf
+            self.end(t_ms)
+
+
+class ErrorCode(Behaviour):
+    """3-8 ERROR_CODE events of one module/code within 18 s (a burst), or, as a park error-burst
+    member that does not burst itself, 1 event."""
+
+    kind, expected = "error_code", ("error_code",)
+
+    def max_s(self) -> float:
+        return 25.0
+
+    def ready(self, t_ms: int) -> bool:
+        return bool(self.sim.online[self.i])
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        codes = self.q["error_codes"]
+        module, code = self.params.get("code") or codes[int(self.rng.integers(len(codes)))]
+        lo, hi = self.q["error_code_count"]
+        count = int(self.params.get("count") or self.rng.integers(lo, hi + 1))
+        offsets = [0] if count == 1 else sorted(
+            [0, int(1000 * self.q["error_code_window_s"])]
+            + self.rng.integers(0, int(1000 * self.q["error_code_window_s"]), count - 2).tolist())
+        self.times = [t_ms + 137 + off for off in offsets]
+        self.module, self.code = module, code
+        self.detail = {"module": module, "code": code, "count": count, **(
+            {"park_incident": self.params["park_incident"]} if "park_incident" in self.params else {})}
+
+    def on_second(self, t_ms: int) -> None:
+        for t_ev in [t for t in self.times if t_ms <= t < t_ms + 1000]:
+            self.sim.emit_event(self.i, t_ev, EV(kind=common_pb2.EVENT_KIND_ERROR_CODE, module=self.module,
+                                                 code=self.code, source="system"))
+        if t_ms > self.times[-1]:
+            self.end(self.times[-1])
+
+    def record(self) -> None:
+        if len(self.times) >= 3:
+            super().record()
+
+
+class OperatorSpeech(Behaviour):
+    """One OPERATOR_SPEECH event whose transcript holds a safety keyword."""
+
+    kind, expected = "operator_speech", ("operator_speech",)
+
+    def max_s(self) -> float:
+        return 5.0
+
+    def ready(self, t_ms: int) -> bool:
+        return self.sim.task_state[self.i] == RUNNING
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        texts = self.q["safety_speech"]
+        text = texts[int(self.rng.integers(len(texts)))]
+        self.sim.emit_event(self.i, t_ms + int(self.rng.integers(1000)), EV(
+            kind=common_pb2.EVENT_KIND_OPERATOR_SPEECH, text=text, source="safety_driver"))
+        self.detail = {"text": text}
+
+    def on_second(self, t_ms: int) -> None:
+        if t_ms > self.start_ms:
+            self.end(t_ms)
+
+
+class PlannerUncertainty(Behaviour):
+    """Planner top-2 costs within 0.5-4 % of each other in consecutive summaries spanning 2-5 s."""
+
+    kind, expected = "planner_uncertainty", ("planner_uncertainty",)
+
+    def max_s(self) -> float:
+        return 10.0
+
+    def ready(self, t_ms: int) -> bool:
+        return self.sim.v[self.i] >= 2.0 and self.sim.task_state[self.i] == RUNNING
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        lo, hi = self.q["planner_uncertainty_s"]
+        span = int(self.duration_s or self.rng.integers(lo, hi + 1))
+        self.until_ms = t_ms + 1000 * (span + 1)
+        self.detail = {"tied_s": span}
+
+    def on_second(self, t_ms: int) -> None:
+        if t_ms >= self.until_ms:
+            self.end(t_ms)
+            return
+        c1 = self.uniform([1.0, 5.0])
+        tie = self.uniform(self.sim.p["planner"]["tie_gap"])
+        self.sim.perc_costs[self.i] = (c1, c1 * (1 + tie), c1 * (1 + tie) * self.uniform([1.1, 1.5]))
+
+
+class SceneComplexity(Behaviour):
+    """One of: an unprotected left turn with an oncoming car, a pedestrian emerging from occlusion
+    within 15 m (beside the path), an UNKNOWN object with confidence < 0.5."""
+
+    kind, expected = "scene_complexity", ("scene_complexity",)
+    VARIANTS = ("unprotected_left", "occluded_pedestrian", "unknown_object")
+
+    def max_s(self) -> float:
+        return 20.0
+
+    def ready(self, t_ms: int) -> bool:
+        sim, i = self.sim, self.i
+        if not self.params.get("variant"):
+            self.params["variant"] = self.VARIANTS[int(self.rng.integers(len(self.VARIANTS)))]
+        if self.params["variant"] == "unprotected_left":
+            if t_ms - self.at_ms > 180_000 or sim.vehicles[i].kind == "truck":
+                self.params["variant"] = "occluded_pedestrian"
+            else:
+                p = sim.piece(i)
+                return (p.angle > 0.5 and p.junction == J_YIELD and sim.s[i] - p.s0 < 0.4 * p.length
+                        and sim.task_state[i] == RUNNING and sim.mode[i] == AUTO)
+        return self.cruising(3.0, 20.0)
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        self.variant = self.params["variant"]
+        self.piece_s0 = float(self.sim.ps0[self.i])
+        self.track = self.sim.new_track_id()
+        self.detail = {"variant": self.variant}
+
+    def on_second(self, t_ms: int) -> None:
+        sim, i = self.sim, self.i
+        k = (t_ms - self.start_ms) // 1000
+        v = float(sim.v[i])
+        if self.variant == "unprotected_left":
+            if float(sim.ps0[i]) != self.piece_s0 or k >= 4:
+                self.end(t_ms)
+                return
+            sim.perc_unprotected.add(i)
+            self.show(self.obj(common_pb2.OBJECT_CLASS_CAR, 30.0 - 9.0 * k, 3.5, -(v + 8.0), track=self.track))
+        elif self.variant == "occluded_pedestrian":
+            if k >= 1:
+                self.end(t_ms)
+                return
+            self.show(self.obj(common_pb2.OBJECT_CLASS_PEDESTRIAN, self.uniform([8.0, 14.0]),
+                               -self.uniform([2.6, 3.2]), -v, 0.6, conf=0.7, emerged=True, track=self.track),
+                      no_lead=False)
+        else:
+            if k >= 2:
+                self.end(t_ms)
+                return
+            self.show(self.obj(common_pb2.OBJECT_CLASS_UNKNOWN, 28.0 - v * k, 4.0, -v,
+                               conf=self.uniform([0.3, 0.45]), track=self.track), no_lead=False)
+
+
+class Offline(Behaviour):
+    """The vehicle sends nothing for 30-300 s while it keeps driving."""
+
+    kind, expected = "offline", ()
+
+    def max_s(self) -> float:
+        return (self.duration_s or self.q["offline_s"][1]) + 2.0
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        dur = self.duration_s or self.uniform(self.q["offline_s"])
+        self.until_ms = t_ms + 1000 * int(round(dur))
+        self.sim.online[self.i] = False
+        self.detail = {"silent_s": int(round(dur))}
+
+    def on_second(self, t_ms: int) -> None:
+        if t_ms >= self.until_ms:
+            self.sim.online[self.i] = True
+            self.end(t_ms)
+
+
+class _ParkIncident(Behaviour):
+    """A park-level incident: claims member vans of the park and runs one member behaviour on each."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        veh = self.sim.vehicles[self.i]
+        self.park = veh.park
+        self.members: list[Behaviour] = []
+        self.pending_members = 0
+
+    def candidates(self, t_ms: int) -> list[int]:
+        sim = self.sim
+        return [v.index for v in sim.vehicles
+                if v.park is self.park and v.kind == "van" and sim.active[v.index] is None
+                and sim.free_at_ms[v.index] <= t_ms and sim.online[v.index] and self.member_ok(v.index)]
+
+    def member_ok(self, i: int) -> bool:
+        return True
+
+    def try_start(self, t_ms: int) -> None:
+        if t_ms + 1000 * self.max_s() > self.sim.end_ms:
+            return
+        cands = self.candidates(t_ms)
+        lo, hi = self.count_range()
+        if len(cands) < lo:
+            return
+        k = min(len(cands), int(self.rng.integers(lo, hi + 1)))
+        chosen = sorted(self.rng.choice(cands, size=k, replace=False).tolist())
+        self.state = "active"
+        self.start_ms = t_ms
+        for n, i in enumerate(chosen):
+            member = self.make_member(n, i, t_ms)
+            member.on_done = self._member_done
+            self.sim.active[i] = member
+            self.sim.behaviours.append(member)
+            self.members.append(member)
+        self.pending_members = len(self.members)
+
+    def _member_done(self, member: Behaviour) -> None:
+        self.pending_members -= 1
+        if self.pending_members == 0:
+            self.state = "done"
+            started = [m for m in self.members if m.start_ms is not None]
+            self.start_ms = min(m.start_ms for m in started)
+            self.end_ms = max(m.end_ms for m in started)
+            self.detail["members"] = [self.sim.vehicles[m.i].vehicle_id for m in self.members]
+            self.sim.add_incident(Incident(
+                incident_id=self.id, kind=self.kind, vehicle_id="", start_ms=int(self.start_ms),
+                end_ms=int(self.end_ms), expected_triggers=(), park=self.park.name, city=self.park.city,
+                detail=self.detail))
+
+    def finish(self) -> None:
+        """Members record themselves; the park row needs them all finished."""
+
+
+class ParkBlockage(_ParkIncident):
+    """4-6 vans of one park stall (task RUNNING, speed 0) within 90 s of each other for 5.5-11.5 min."""
+
+    kind = "park_blockage"
+
+    def count_range(self) -> tuple[int, int]:
+        return tuple(self.q["park_blockage_vehicles"])
+
+    def max_s(self) -> float:
+        return (self.duration_s or self.q["park_blockage_s"][1]) + self.q["park_blockage_stagger_s"] + 180.0
+
+    def member_ok(self, i: int) -> bool:
+        return self.sim.task_state[i] == RUNNING
+
+    def make_member(self, n: int, i: int, t_ms: int) -> Behaviour:
+        at = t_ms + (0 if n == 0 else int(1000 * self.uniform([0.0, self.q["park_blockage_stagger_s"]])))
+        dur = self.duration_s or self.uniform(self.q["park_blockage_s"])
+        member = StopNotGo(self.sim, f"{self.id}-{self.sim.vehicles[i].vehicle_id}", i, at, dur, None,
+                           np.random.default_rng([self.sim.cfg.seed, 3, len(self.sim.behaviours)]))
+        member.detail = {"park_incident": self.id}
+        return member
+
+
+class ErrorBurst(_ParkIncident):
+    """10+ ERROR_CODE events of one code across 4-6 vans of one park within 100 s: all members but one
+    burst (3-5 codes within 18 s: error_code expected), one sends a single code."""
+
+    kind = "error_burst"
+
+    def count_range(self) -> tuple[int, int]:
+        return tuple(self.q["error_burst_vehicles"])
+
+    def max_s(self) -> float:
+        return self.q["error_burst_window_s"] + 60.0
+
+    def make_member(self, n: int, i: int, t_ms: int) -> Behaviour:
+        if not self.members:
+            codes = self.q["error_codes"]
+            self.code = codes[int(self.rng.integers(len(codes)))]
+            self.detail = {"module": self.code[0], "code": self.code[1], "counts": {}}
+            self.single = int(self.rng.integers(self.count_range()[0]))
+        count = 1 if n == self.single else int(self.rng.integers(3, 6))
+        at = t_ms + (0 if n == 0 else int(1000 * self.uniform([0.0, self.q["error_burst_window_s"] - 20.0])))
+        member = ErrorCode(self.sim, f"{self.id}-{self.sim.vehicles[i].vehicle_id}", i, at, None,
+                           {"code": self.code, "count": count, "park_incident": self.id},
+                           np.random.default_rng([self.sim.cfg.seed, 4, len(self.sim.behaviours)]))
+        self.detail["counts"][self.sim.vehicles[i].vehicle_id] = count
+        return member
+
+
+KINDS: dict[str, type[Behaviour]] = {
+    "hard_brake": HardBrake, "phantom_stop": PhantomStop, "near_miss": NearMiss, "contact": Contact,
+    "weaving": Weaving, "stop_not_go": StopNotGo, "takeover": Takeover, "call_for_help": CallForHelp,
+    "error_code": ErrorCode, "operator_speech": OperatorSpeech, "planner_uncertainty": PlannerUncertainty,
+    "scene_complexity": SceneComplexity, "offline": Offline, "park_blockage": ParkBlockage,
+    "error_burst": ErrorBurst,
+}
+assert set(KINDS) == set(INCIDENT_KINDS)
+
+
+def random_schedule(sim: FleetSimulator, cfg: SimConfig) -> list[ScheduledIncident]:
+    """Poisson-like schedule: per vehicle, gaps of >= 60 s plus the longest duration of the previous
+    kind plus an exponential with mean 1 / incidents_per_vehicle_hour; kinds drawn by weight."""
+    q = sim.p["incidents"]
+    rng = np.random.default_rng([cfg.seed, 1])
+    weights = q["weights"]
+    mean_gap = 3600.0 / cfg.incidents_per_vehicle_hour if cfg.incidents_per_vehicle_hour > 0 else math.inf
+    out = []
+    for i, veh in enumerate(sim.vehicles):
+        t = q["first_at_s"] + rng.exponential(mean_gap)
+        while t < cfg.duration_s:
+            kinds = [k for k in INCIDENT_KINDS
+                     if not (veh.kind == "truck" and k in (*PARK_KINDS, "contact"))
+                     and not (k in PARK_KINDS and t < q["park_first_at_s"])]
+            w = np.array([weights[k] for k in kinds], dtype=float)
+            kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+            out.append(ScheduledIncident(kind=kind, vehicle_index=i, at_s=float(round(t, 1))))
+            longest = {"stop_not_go": 760, "park_blockage": 900, "takeover": 125, "call_for_help": 250,
+                       "offline": 300}.get(kind, 30)
+            t += longest + q["min_gap_s"] + rng.exponential(mean_gap)
+    return out
+
+
+def build_schedule(sim: FleetSimulator, cfg: SimConfig) -> list[Behaviour]:
+    """Behaviours for the explicit `cfg.incidents`, or for a random schedule, in start-time order."""
+    scheduled = cfg.incidents if cfg.incidents is not None else random_schedule(sim, cfg)
+    order = sorted(range(len(scheduled)), key=lambda k: (scheduled[k].at_s, k))
+    out = []
+    for n, k in enumerate(order):
+        inc = scheduled[k]
+        at_ms = cfg.start_ms + int(round(1000 * inc.at_s))
+        rng = np.random.default_rng([cfg.seed, 2, k])
+        out.append(KINDS[inc.kind](sim, f"inc-{n:04d}-{inc.kind}", inc.vehicle_index, at_ms, inc.duration_s,
+                                   dict(inc.params or {}), rng))
+    return out
