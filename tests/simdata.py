@@ -6,7 +6,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from fleetloop import topics
 from fleetloop.codec import pose_columns
 from fleetloop.sim import FleetSimulator, SimConfig

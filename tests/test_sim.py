@@ -248,7 +248,8 @@ def test_takeover_and_call_for_help_events(incident_run):
     sim, traces, _ = incident_run
     (tk,) = _rows(sim, "takeover")
     events = [(t, e) for t, e in traces[tk.vehicle_id].events if tk.start_ms <= t <= tk.end_ms]
-    assert events[0][1].kind == common_pb2.EVENT_KIND_TAKEOVER and events[0][1].to_mode == common_pb2.DRIVING_MODE_MANUAL
+    first = events[0][1]
+    assert first.kind == common_pb2.EVENT_KIND_TAKEOVER and first.to_mode == common_pb2.DRIVING_MODE_MANUAL
     assert events[-1][1].kind == common_pb2.EVENT_KIND_MODE_CHANGE and events[-1][1].to_mode == AUTO
     assert 20_000 <= tk.end_ms - tk.start_ms <= 121_000
     (cfh,) = _rows(sim, "call_for_help")

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import pytest
-
 from fleetloop.triggers import detect_recording, load_config
 
 sim = pytest.importorskip("fleetloop.sim")
 
-VEHICLES, DURATION_S, INCIDENTS_PER_VEHICLE_HOUR = 30, 2 * 3600, 6.0
+VEHICLES, DURATION_S, INCIDENTS_PER_VEHICLE_HOUR = 30, 2 * 3600, 8.0
 SLACK_MS = 5_000
 
 

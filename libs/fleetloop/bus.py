@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
 from fleetloop import topics
@@ -79,9 +82,14 @@ class Bus:
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         await self._producer.send_and_wait(topic, value, key=key)
 
-    async def send_many(self, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
-        """Send (topic, key, value) triples pipelined; returns once all are acknowledged."""
-        futures = [await self._producer.send(topic, value, key=key) for topic, key, value in messages]
+    async def send_many(self, messages: Iterable[tuple[str, bytes | None, bytes]]
+                        | Iterable[tuple[str, bytes | None, bytes, int]]) -> int:
+        """Send (topic, key, value) triples pipelined; returns once all are acknowledged.
+
+        A fourth element, when given, pins the partition (co-partitioned state topics).
+        """
+        futures = [await self._producer.send(m[0], m[2], key=m[1], partition=m[3] if len(m) > 3 else None)
+                   for m in messages]
         if futures:
             await asyncio.gather(*futures)
         return len(futures)
@@ -100,16 +108,39 @@ class Bus:
         await self.send_many(messages)
 
 
+class _EpochListener(ConsumerRebalanceListener):
+    """Counts revocations (so a batch that straddles a rebalance is not committed) and delegates."""
+
+    def __init__(self, owner: BatchConsumer, listener: ConsumerRebalanceListener | None) -> None:
+        self.owner = owner
+        self.listener = listener
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.owner.rebalances += 1
+        if self.listener is not None:
+            await self.listener.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.listener is not None:
+            await self.listener.on_partitions_assigned(assigned)
+
+
 class BatchConsumer:
     """Consume `topics` in group `group_id` and hand each polled batch to `handler`.
 
     The handler performs the batch's effect (inserts, state updates) and returns the records
-    it refused; those go to the dead-letter topic; only then are offsets committed.
+    it refused; those go to the dead-letter topic; only then are offsets committed. A batch
+    during which the group rebalanced is not committed: whoever owns its partitions now replays it.
+
+    `assignor` picks the partition assignment strategy (default round robin; a stateful consumer of
+    co-partitioned topics passes `RangePartitionAssignor` so partition i of every topic lands on one
+    member); `listener` (async `on_partitions_revoked/assigned`) lets it drop and restore state.
     """
 
     def __init__(self, *, bootstrap: str, group_id: str, topic_names: Sequence[str], handler: Handler,
                  bus: Bus, service: str, batch_max: int = 5000, poll_ms: int = 200,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, assignor: type[AbstractPartitionAssignor] | None = None,
+                 listener: ConsumerRebalanceListener | None = None) -> None:
         self.handler = handler
         self.group_id = group_id
         self.topic_names = list(topic_names)
@@ -118,14 +149,19 @@ class BatchConsumer:
         self.batch_max = batch_max
         self.poll_ms = poll_ms
         self.records_done = 0
+        self.records_by_topic: Counter[str] = Counter()
         self.refused = 0
+        self.rebalances = 0
+        self._listener = _EpochListener(self, listener)
         self._consumer = AIOKafkaConsumer(
-            *topic_names, bootstrap_servers=bootstrap, group_id=group_id,
+            bootstrap_servers=bootstrap, group_id=group_id,
             client_id=client_id or service, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20, max_poll_records=batch_max,
+            partition_assignment_strategy=(assignor or RoundRobinPartitionAssignor,),
         )
 
     async def start(self) -> None:
+        self._consumer.subscribe(self.topic_names, listener=self._listener)
         await self._consumer.start()
 
     async def stop(self) -> None:
@@ -133,6 +169,7 @@ class BatchConsumer:
 
     async def poll_once(self) -> int:
         """Poll, handle and commit one batch; returns the number of records handled."""
+        epoch = self.rebalances
         polled = await self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max)
         if not polled:
             return 0
@@ -144,6 +181,9 @@ class BatchConsumer:
         if refusals:
             await self.bus.dead_letter(refusals, self.service)
             self.refused += len(refusals)
+        if epoch != self.rebalances:
+            log.info("%s: the group rebalanced during a batch; it is left uncommitted", self.service)
+            return len(records)
         offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
         try:
             await self._consumer.commit(offsets)
@@ -152,6 +192,7 @@ class BatchConsumer:
             # commit and the idempotent sinks absorb the repeat.
             log.warning("%s: commit failed after rebalance; batch will be replayed", self.service)
         self.records_done += len(records)
+        self.records_by_topic.update(r.topic for r in records)
         return len(records)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -179,3 +220,20 @@ class BatchConsumer:
                 return None
             total += highwater - await self._consumer.position(tp)
         return total
+
+    def assignment(self) -> set[TopicPartition]:
+        """This member's partitions now."""
+        return set(self._consumer.assignment())
+
+    async def caught_up(self, tp: TopicPartition) -> bool:
+        """Whether this member has consumed everything the last fetch of `tp` saw (position equals
+        the fetch high watermark); False while `tp` has not been fetched since it was assigned."""
+        highwater = self._consumer.highwater(tp)
+        return highwater is not None and await self._consumer.position(tp) >= highwater
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop fetching `tps` (records already handed out stay handed out) until `resume`."""
+        self._consumer.pause(*tps)
+
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        self._consumer.resume(*tps)

@@ -30,7 +30,7 @@ class Settings:
     grpc_port: int = 50051
     consumer_batch_max: int = 5000
     consumer_poll_ms: int = 200
-    offline_after_s: float = 10.0
+    monitor_clock: str = "event"
     object_store_url: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -47,7 +47,8 @@ class Settings:
             grpc_port=int(env.get("FLEETLOOP_GRPC_PORT", "50051")),
             consumer_batch_max=int(env.get("FLEETLOOP_CONSUMER_BATCH_MAX", "5000")),
             consumer_poll_ms=int(env.get("FLEETLOOP_CONSUMER_POLL_MS", "200")),
-            offline_after_s=float(env.get("FLEETLOOP_OFFLINE_AFTER_S", "10")),
+            # "event": monitors follow data time (simulation, replay); "live": wall clock moves them through silence.
+            monitor_clock=env.get("FLEETLOOP_MONITOR_CLOCK", "event"),
             object_store_url=env.get("FLEETLOOP_OBJECT_STORE_URL", (data_dir / "objects").resolve().as_uri()),
         )
 

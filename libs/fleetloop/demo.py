@@ -9,7 +9,7 @@ import typer
 
 from fleetloop.config import Settings
 from fleetloop.embedded import EmbeddedStack
-from fleetloop.report import fleet_report
+from fleetloop.report import alerts_report, fleet_report
 from fleetloop.runtime import Host
 
 
@@ -43,6 +43,9 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
         truth_km = sum(r.distance_m for r in truth.mileage) / 1000
         seen_km = warehouse.query_rows("SELECT sum(distance_m) / 1000 FROM dws_fleet_day")[0][0]
         typer.echo(f"\nkm in ClickHouse {seen_km:,.2f} vs simulator ground truth {truth_km:,.2f}")
+        alerts = await ingest.alerts.newest(10_000)
+        typer.echo(f"\n== Alerts of the simulated fleet ({len(alerts)} incidents; fleet.alerts.v1, lifecycle in Redis) ==")
+        typer.echo(alerts_report(alerts))
         dead = sum(s.consumer.refused for s in host.services.values() if hasattr(s, "consumer"))
         typer.echo(f"messages dead-lettered: {dead}")
         await host.stop()

@@ -65,7 +65,8 @@ class Host:
                     task.result()  # surfaces a crashed service instead of waiting forever
             lags = [await consumer.lag() for service in self.services.values()
                     for consumer in getattr(service, "consumers", [service.consumer])]
-            quiet = quiet + 1 if all(lag == 0 for lag in lags) else 0
+            settled = [await service.settled() for service in self.services.values() if hasattr(service, "settled")]
+            quiet = quiet + 1 if all(lag == 0 for lag in lags) and all(settled) else 0
             await asyncio.sleep(poll_s)
 
     async def stop(self) -> None:

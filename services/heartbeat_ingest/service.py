@@ -13,13 +13,17 @@ from fleetloop import codec, topics
 from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
 from fleetloop.config import Settings
 from fleetloop.grpc_server import Servicer, start_server
+from fleetloop.monitors import ClockMode, load_monitor_config
 from fleetloop.state import connect
-from fleetloop.v1 import common_pb2, fleet_service_pb2_grpc
+from fleetloop.v1 import alerts_pb2_grpc, common_pb2, fleet_service_pb2_grpc
 from fleetloop.warehouse import Warehouse
 
 from services.heartbeat_ingest import rows
+from services.heartbeat_ingest.alert_store import AlertStore
+from services.heartbeat_ingest.alerts_api import AlertApi
 from services.heartbeat_ingest.api import FleetApi
 from services.heartbeat_ingest.live_state import LiveState
+from services.heartbeat_ingest.monitoring import FleetMonitoring
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ class HeartbeatIngest:
             batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
         )
         self.grpc_port = 0
+        self.alerts = AlertStore(settings.redis_url)
+        self.monitoring = FleetMonitoring(settings, bus, self.alerts, ClockMode(settings.monitor_clock))
 
     def migrate(self) -> None:
         self.warehouse.migrate("heartbeat_ingest", MIGRATIONS)
@@ -138,6 +144,12 @@ class HeartbeatIngest:
             kept.append((record, env))
         return kept
 
+    async def settled(self) -> bool:
+        """True when the monitors have taken every heartbeat and event the ingest consumer has."""
+        seen = self.consumer.records_by_topic
+        m = self.monitoring
+        return m.vehicle_records >= seen[topics.HEARTBEAT] + seen[topics.EVENTS] and m.park_records >= m.forwarded
+
     async def rollup(self, days: set[str] | None = None) -> list[str]:
         """Recompute DWS for the days touched since the last rollup (or `days`)."""
         todo = sorted(days if days is not None else self.dirty_days)
@@ -154,19 +166,25 @@ class HeartbeatIngest:
         self.warehouse.command(f"ALTER TABLE dws_fleet_day REPLACE PARTITION {partition} FROM dws_fleet_day_staging")
 
     async def serve_grpc(self) -> None:
-        api = FleetApi(self.warehouse, self.live, offline_after_s=self.settings.offline_after_s)
+        offline = load_monitor_config().offline
+        api = FleetApi(self.warehouse, self.live, offline_after_s=offline.missed_heartbeats / offline.default_rate_hz)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
-        self._server, self.grpc_port = await start_server(
-            [Servicer(fleet_service_pb2_grpc.add_FleetServiceServicer_to_server, api,
-                      "fleetloop.v1.FleetService")], address)
+        self._server, self.grpc_port = await start_server([
+            Servicer(fleet_service_pb2_grpc.add_FleetServiceServicer_to_server, api, "fleetloop.v1.FleetService"),
+            Servicer(alerts_pb2_grpc.add_AlertServiceServicer_to_server, AlertApi(self.alerts, self.bus),
+                     "fleetloop.v1.AlertService"),
+        ], address)
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)
         if serve_grpc:
             await self.serve_grpc()
+        await self.monitoring.start()
         try:
             await self.consumer.run(stop)
         finally:
+            await self.monitoring.stop()
+            await self.alerts.close()
             if self.dirty_days:
                 await self.rollup()
             if serve_grpc:

@@ -10,7 +10,7 @@ from fleetloop.monitors.alerts import (
     apply_monitor_update,
     resolve,
 )
-from fleetloop.monitors.clock import ClockMode, EventClock
+from fleetloop.monitors.clock import ClockMode, EventClock, SourceWatermarks
 from fleetloop.monitors.config import MonitorConfig, MonitorConfigError, load_monitor_config
 from fleetloop.monitors.fleet import FleetMonitor, MonitorInputError
 from fleetloop.monitors.park import ParkMonitor
@@ -25,6 +25,7 @@ __all__ = [
     "MonitorConfigError",
     "MonitorInputError",
     "ParkMonitor",
+    "SourceWatermarks",
     "VehicleMonitor",
     "acknowledge",
     "apply_monitor_update",

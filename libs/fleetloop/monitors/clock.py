@@ -10,6 +10,11 @@ Two explicit modes:
   to event time with that offset, so the watermark keeps moving when the whole fleet is silent
   (a silent fleet is exactly when OFFLINE must fire).
 
+With `external=True` the data does not move the watermark at all: a stream agent that reads
+several partitions computes it with `SourceWatermarks` (the minimum over its partitions, so a
+partition fetched ahead of the others during catch-up cannot declare the lagging partitions'
+vehicles offline) and passes it to `advance_to`.
+
 The offset is deliberately not persisted: after a restart the consumer first replays its
 backlog, and a stale offset would declare every vehicle offline before the backlog is read.
 """
@@ -28,11 +33,12 @@ class ClockMode(enum.Enum):
 class EventClock:
     """Monotonic watermark in epoch ms (None until the first message or advance)."""
 
-    __slots__ = ("mode", "allowed_lateness_ms", "max_event_ms", "watermark_ms", "_offset_ms")
+    __slots__ = ("mode", "allowed_lateness_ms", "external", "max_event_ms", "watermark_ms", "_offset_ms")
 
-    def __init__(self, mode: ClockMode, allowed_lateness_ms: int) -> None:
+    def __init__(self, mode: ClockMode, allowed_lateness_ms: int, external: bool = False) -> None:
         self.mode = mode
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.external = external
         self.max_event_ms: int | None = None
         self.watermark_ms: int | None = None
         self._offset_ms: int | None = None
@@ -49,6 +55,8 @@ class EventClock:
             if wall_ms is None:
                 raise ValueError("a LIVE clock needs the receiving wall time (wall_ms) of every message")
             self._offset_ms = wall_ms - self.max_event_ms
+        if self.external:
+            return self.watermark_ms
         return self._raise_to(self.max_event_ms - self.allowed_lateness_ms)
 
     def tick(self, now_wall_ms: int) -> int | None:
@@ -82,3 +90,36 @@ class EventClock:
         clock.max_event_ms = state["max_event_ms"]
         clock.watermark_ms = state["watermark_ms"]
         return clock
+
+
+class SourceWatermarks:
+    """Event-time watermark over several sources (topic partitions) read at different paces.
+
+    The watermark is the minimum of the sources' newest event times, minus the allowed
+    lateness. A source is idle, and stops holding the watermark back, only when it has
+    nothing more to read (caught up with its partition) AND its newest time is more than
+    `idle_after_ms` behind the newest of all: its vehicles went quiet, or it was revoked.
+    A source that lags because it is still catching up keeps holding the watermark (as Kafka
+    Streams' task idling does); otherwise the partition fetched first would declare every
+    vehicle of the others offline.
+    """
+
+    def __init__(self, allowed_lateness_ms: int, idle_after_ms: int) -> None:
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.idle_after_ms = idle_after_ms
+        self.newest: dict[Any, int] = {}
+        self.caught_up: dict[Any, bool] = {}
+
+    def observe(self, source: Any, event_ms: int, caught_up: bool) -> None:
+        """Record a message of `source` at `event_ms`; `caught_up`: nothing more to read there now."""
+        if event_ms > self.newest.get(source, -1):
+            self.newest[source] = event_ms
+        self.caught_up[source] = caught_up
+
+    def watermark_ms(self) -> int | None:
+        if not self.newest:
+            return None
+        latest = max(self.newest.values())
+        active = [t for source, t in self.newest.items()
+                  if not (self.caught_up[source] and t < latest - self.idle_after_ms)]
+        return min(active) - self.allowed_lateness_ms

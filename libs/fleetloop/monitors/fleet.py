@@ -44,11 +44,13 @@ class FleetMonitor:
     event time moving through silence. All times are epoch milliseconds.
     """
 
-    def __init__(self, config: MonitorConfig, mode: ClockMode, *, vehicles: bool = True, parks: bool = True) -> None:
+    def __init__(self, config: MonitorConfig, mode: ClockMode, *, vehicles: bool = True, parks: bool = True,
+                 external_watermark: bool = False) -> None:
         if not (vehicles or parks):
             raise ValueError("a FleetMonitor needs the vehicle monitors, the park monitors or both")
         self.config = config
-        self.clock = EventClock(mode, config.clock.allowed_lateness_ms)
+        # external_watermark: the caller drives event time with advance() (see clock.SourceWatermarks).
+        self.clock = EventClock(mode, config.clock.allowed_lateness_ms, external=external_watermark)
         self.vehicles: VehicleMonitor | None = VehicleMonitor(config) if vehicles else None
         self.parks: ParkMonitor | None = ParkMonitor(config) if parks else None
 

@@ -312,7 +312,6 @@ class FleetSimulator:
             veh.leg_outbound = True
             self._new_task(veh)
             self._append_leg(veh, veh.hub_xyh)
-        self._extend(veh)
         self._load_piece(i)
 
     def _new_task(self, veh: Vehicle) -> None:
@@ -357,10 +356,9 @@ class FleetSimulator:
         return (piece.x0 + piece.length * (c * ux - s * uy), piece.y0 + piece.length * (s * ux + c * uy),
                 piece.h0 + piece.angle)
 
-    def _extend(self, veh: Vehicle) -> None:
-        """Append pieces until the route reaches LOOKAHEAD_M beyond the vehicle."""
-        i = veh.index
-        while not veh.pieces or veh.pieces[-1].s1 < self.s[i] + LOOKAHEAD_M:
+    def _extend(self, veh: Vehicle, until_s: float) -> None:
+        """Append pieces until the route reaches route position `until_s`."""
+        while not veh.pieces or veh.pieces[-1].s1 < until_s:
             if veh.kind == "truck":
                 veh.leg_outbound = not veh.leg_outbound
                 # turn around in the hub yard (a 180 deg curve 12 m wide), then drive the leg back
@@ -453,10 +451,11 @@ class FleetSimulator:
         inside a second, also into the sample records from `from_sample` on."""
         veh = self.vehicles[i]
         s = self.s[i]
+        self._extend(veh, s + LOOKAHEAD_M)
         while veh.pieces[0].s1 <= s:
             veh.pieces.popleft()
-        self._extend(veh)
         p = veh.pieces[0]
+        self._extend(veh, p.s1 + LOOKAHEAD_M)  # constraints are refreshed per piece: see past its end
         self.px0[i], self.py0[i], self.ph0[i], self.pL[i], self.pang[i], self.ps0[i] = \
             p.x0, p.y0, p.h0, p.length, p.angle, p.s0
         self.ptab[i] = p.table
@@ -698,7 +697,7 @@ class FleetSimulator:
             stopped = (v_new <= snap) & ((a < zero) | (va < tenth))
             v_new = np.where(stopped, zero, np.maximum(v_new, zero))
             ra[:, k] = a
-            a_prev = np.where(stopped, zero, a)
+            a_prev = a  # kept through a stop: the brake releases within the jerk limit before moving off
             s = s + half_dt * (v + v_new)
             v = v_new
             moved_on = (s >= self.pend).nonzero()[0]

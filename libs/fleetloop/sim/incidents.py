@@ -576,6 +576,10 @@ class Offline(Behaviour):
     def max_s(self) -> float:
         return (self.duration_s or self.q["offline_s"][1]) + 2.0
 
+    def ready(self, t_ms: int) -> bool:
+        # a driving vehicle: a parked one going silent is powered down on purpose (monitors.yaml)
+        return self.sim.v[self.i] >= 1.0 and self.sim.task_state[self.i] == RUNNING
+
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
         dur = self.duration_s or self.uniform(self.q["offline_s"])

@@ -117,30 +117,32 @@ class PlannerUncertainty(_SummaryTrigger):
     """The planner hesitates: its two best costs nearly tie, or its maneuver flip-flops.
 
     Per summary: `planner_gap_ratio` = (c2 − c1)/|c1| (tied when ≤ `tie_ratio`) and the `maneuver`
-    code; a flip is a maneuver change back to the maneuver before the previous change (A→B→A).
-    An episode fires with ≥ `min_tied_s` tied summaries or ≥ `min_flips` flips. INFO (replay queue).
+    code. A flip is a change back to the maneuver before the previous change (A→B→A) when B lasted
+    at most `flip_window_s`. An episode fires with ≥ `min_tied_s` tied summaries or ≥ `min_flips`
+    flips. INFO (replay queue).
     """
 
     name = "planner_uncertainty"
     category = Category.INFO
-    PARAMS = ("tie_ratio", "min_tied_s", "min_flips", "merge_gap_s", "bridge_gap_s")
+    PARAMS = ("tie_ratio", "min_tied_s", "min_flips", "flip_window_s", "merge_gap_s", "bridge_gap_s")
     AGGS = {"tied": "sum", "flips": "sum", "neg_ratio": "max"}
     PEAK = "neg_ratio"
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.recent = [0, 0]  # the maneuver before the last change, and the current one
+        self.recent = [0, 0, 0]  # the maneuver before the last change, the current one, when it began (ms)
 
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         ratio = frames.planner_gap_ratio[rows]
         tied = np.isfinite(ratio) & (ratio <= self.p["tie_ratio"])
         flips = np.zeros(rows.size, dtype=bool)
         # Few summaries change maneuver, so walking only the changes stays cheap.
-        man = frames.maneuver[rows]
+        man, t_ms = frames.maneuver[rows], frames.perception_ms[rows]
         prev = np.concatenate(([self.recent[1]], man[:-1]))
+        window_ms = ms(self.p["flip_window_s"])
         for i in np.flatnonzero((man != prev) & (man != 0)):
-            flips[i] = man[i] == self.recent[0]
-            self.recent = [self.recent[1], int(man[i])]
+            flips[i] = man[i] == self.recent[0] and t_ms[i] - self.recent[2] <= window_ms
+            self.recent = [self.recent[1], int(man[i]), int(t_ms[i])]
         values = {"tied": tied.astype(np.float64), "flips": flips.astype(np.float64),
                   "neg_ratio": np.where(np.isfinite(ratio), -ratio, -np.inf)}
         return tied | flips, values

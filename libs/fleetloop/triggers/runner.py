@@ -59,11 +59,19 @@ class TriggerRunner:
         self._accept(envelope)
         return self._advance(self.max_event_ms - self.lateness_ms)
 
-    def feed_many(self, envelopes: Iterable[common_pb2.Envelope]) -> list[triggers_pb2.TriggerEvent]:
-        """Accept a batch of messages, then evaluate once (a consumer's poll, a recording)."""
+    def feed_many(self, envelopes: Iterable[common_pb2.Envelope],
+                  input_watermark_ms: int | None = None) -> list[triggers_pb2.TriggerEvent]:
+        """Accept a batch of messages, then evaluate once (a consumer's poll, a recording).
+
+        `input_watermark_ms` (epoch ms) caps the evaluation for a consumer that merges several
+        topics: seconds are closed only up to min(own newest time, input watermark) − allowed
+        lateness, so a topic that lags behind the others in a backlog is waited for, not dropped.
+        None means no cap (all inputs are in time order already).
+        """
         for env in envelopes:
             self._accept(env)
-        return self._advance(self.max_event_ms - self.lateness_ms)
+        watermark = self.max_event_ms if input_watermark_ms is None else min(self.max_event_ms, input_watermark_ms)
+        return self._advance(watermark - self.lateness_ms)
 
     def flush(self) -> list[triggers_pb2.TriggerEvent]:
         """End of stream: evaluate everything buffered and close every open episode."""

@@ -1,0 +1,57 @@
+"""`fleetloop metrics`: MPS / MPD_all / MPD_resp / MPI from MetricsService (on heartbeat-ingest)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import grpc
+import typer
+
+from fleetloop.report import table
+
+app = typer.Typer(help="MPS, MPD and MPI per 10,000 km and km per event (MetricsService)",
+                  invoke_without_command=True)
+
+METRICS = ("mps", "mpd_all", "mpd_resp", "mpi")
+
+
+def fleet_grpc_address(environ: dict[str, str] | None = None, data_dir: Path | None = None) -> str:
+    """FLEETLOOP_FLEET_GRPC, else the "FLEET_GRPC" entry of the running `fleetloop up`'s endpoints.json."""
+    env = os.environ if environ is None else environ
+    if env.get("FLEETLOOP_FLEET_GRPC"):
+        return env["FLEETLOOP_FLEET_GRPC"]
+    path = (data_dir or Path(env.get("FLEETLOOP_DATA_DIR", ".fleetloop"))) / "endpoints.json"
+    if path.exists():
+        return json.loads(path.read_text())["FLEET_GRPC"]
+    raise typer.BadParameter("set FLEETLOOP_FLEET_GRPC or start `fleetloop up` first")
+
+
+@app.callback()
+def metrics(group_by: str = typer.Option("", "--group-by", help="day, week, vehicle, park, city, road_type, "
+                                                               "software_version, or '' for the fleet"),
+            start_ms: int = typer.Option(0, help="event time from, epoch ms UTC"),
+            end_ms: int = typer.Option(0, help="event time until (exclusive); 0 = open"),
+            weighted: bool = typer.Option(False, help="sum trigger weights instead of counting events")) -> None:
+    """Print the metrics table, one row per group."""
+    from fleetloop.v1 import metrics_pb2, metrics_pb2_grpc
+
+    with grpc.insecure_channel(fleet_grpc_address()) as channel:
+        try:
+            response = metrics_pb2_grpc.MetricsServiceStub(channel).GetMetrics(metrics_pb2.GetMetricsRequest(
+                start_ms=start_ms, end_ms=end_ms, group_by=group_by, weighted=weighted))
+        except grpc.RpcError as err:
+            typer.echo(f"error: {err.details()}", err=True)
+            raise typer.Exit(2) from None
+    headers = [group_by or "fleet", "km"]
+    for m in METRICS:
+        headers += [m.upper(), "/10k km", "km/event"]
+    rows = []
+    for r in response.rows:
+        line: list[object] = [r.group, f"{r.km:,.1f}"]
+        for m in METRICS:
+            v = getattr(r, m)
+            line += [f"{v.events:g}", f"{v.per_10k_km:,.1f}", f"{v.km_per_event:,.1f}" if v.events else "-"]
+        rows.append(line)
+    typer.echo(table(headers, rows))

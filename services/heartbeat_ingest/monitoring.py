@@ -1,0 +1,193 @@
+"""The fleet monitors (the "ECG") as a faust-streaming app inside heartbeat-ingest.
+
+Two agents, so the work shards by key like the rest of the loop:
+* `vehicles` reads heartbeats and events keyed by vehicle id: OFFLINE/RECOVERED and
+  stop-and-not-go; it forwards each heartbeat and error code to `loop.monitor.park.v1`
+  re-keyed by park (the group-by);
+* `parks` reads that topic keyed by park: PARK_STALL and ERROR_BURST.
+Each agent's monitor state lives in a faust table (changelog-backed), written for the keys a
+batch touched, and is imported the first time a key shows up after a restart or rebalance.
+Alerts merge into Redis (AlertStore) and every change goes to fleet.alerts.v1.
+
+Dead-lettering of these topics belongs to the ingest consumer that reads the same messages;
+the agents skip what they cannot use and count it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+from fleetloop import topics
+from fleetloop.bus import Bus
+from fleetloop.config import Settings
+from fleetloop.monitors import ClockMode, FleetMonitor, MonitorInputError, SourceWatermarks, load_monitor_config
+from fleetloop.v1 import alerts_pb2, common_pb2
+
+from services.heartbeat_ingest.alert_store import AlertStore
+
+log = logging.getLogger(__name__)
+
+PARK_TOPIC = "loop.monitor.park.v1"
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.5
+# A partition whose newest heartbeat is a minute of event time behind the newest of all is idle
+# (its vehicles are quiet or it was revoked): it stops holding the watermark back. Six times the
+# offline threshold, so a lagging partition during catch-up is never mistaken for an idle one.
+IDLE_SOURCE_MS = 60_000
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FleetMonitoring:
+    """Owns the faust app; `start()`/`stop()` run it on the caller's event loop."""
+
+    def __init__(self, settings: Settings, bus: Bus, store: AlertStore, clock: ClockMode) -> None:
+        self.bus = bus
+        self.store = store
+        self.clock = clock
+        self.skipped = 0
+        self.alerts_published = 0
+        self.vehicle_records = 0   # heartbeats and events the vehicles agent has taken
+        self.forwarded = 0         # sent to the park topic
+        self.park_records = 0      # taken by the parks agent
+        config = load_monitor_config()
+        self.vehicle_monitor = FleetMonitor(config, clock, parks=False, external_watermark=True)
+        self.park_monitor = FleetMonitor(config, clock, vehicles=False, external_watermark=True)
+        lateness = config.clock.allowed_lateness_ms
+        self.vehicle_sources = SourceWatermarks(lateness, IDLE_SOURCE_MS)
+        self.park_sources = SourceWatermarks(lateness, IDLE_SOURCE_MS)
+        self._seen_vehicles: set[str] = set()
+        self._seen_parks: set[str] = set()
+        app = faust.App(
+            "heartbeat-ingest-monitors", broker=f"kafka://{settings.kafka_bootstrap_servers}", store="memory://",
+            key_serializer="raw", value_serializer="raw", web_enabled=False, producer_acks=-1,
+            topic_partitions=topics.DEFAULT_PARTITIONS, consumer_auto_offset_reset="earliest",
+            # Tansu holds a join for the whole rebalance timeout; keep it short so a restart rejoins fast.
+            broker_session_timeout=6.0, broker_rebalance_timeout=3.0, broker_heartbeat_interval=1.0,
+        )
+        self.app = app
+        fleet_in = app.topic(topics.HEARTBEAT, topics.EVENTS, key_type=bytes, value_type=bytes)
+        # Faust owns (creates) the repartition topic, so the parks agent is subscribed from the start.
+        park_topic = app.topic(PARK_TOPIC, key_type=bytes, value_type=bytes, internal=True,
+                               partitions=topics.DEFAULT_PARTITIONS)
+        # Monitor state is a JSON-compatible dict per key (VehicleMonitor/ParkMonitor export_*). Keys are
+        # the same raw bytes as the source topics' keys and placed by the same partitioner, so a
+        # key's changelog partition is its source partition: whoever owns the one recovers the other.
+        # (Batches from `take` carry no current event, hence the partitioner instead of its partition.)
+        state_schema = faust.Schema(key_type=bytes, value_type=dict, key_serializer="raw", value_serializer="json")
+        self.vehicle_table = app.Table("monitor-vehicles", schema=state_schema, partitions=topics.DEFAULT_PARTITIONS,
+                                       use_partitioner=True)
+        self.park_table = app.Table("monitor-parks", schema=state_schema, partitions=topics.DEFAULT_PARTITIONS,
+                                    use_partitioner=True)
+
+        @app.agent(fleet_in)
+        async def vehicles(stream):
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                alerts, forwards = self._on_vehicle_batch(batch)
+                for park, value in forwards:
+                    await park_topic.send(key=park.encode(), value=value)
+                await self._emit(alerts)
+                self.vehicle_records += len(batch)
+                self.forwarded += len(forwards)
+
+        @app.agent(park_topic)
+        async def parks(stream):
+            async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                await self._emit(self._on_park_batch(batch))
+                self.park_records += len(batch)
+
+        if clock is ClockMode.LIVE:
+            @app.timer(1.0)
+            async def live_clock():
+                now = wall_ms()
+                await self._emit(self.vehicle_monitor.tick(now) + self.park_monitor.tick(now))
+
+    def _caught_up(self, event) -> bool:
+        """Whether this event's partition has nothing more to read right now (fetch high watermark)."""
+        highwater = self.app.consumer.highwater(event.message.tp)
+        return highwater is not None and event.message.offset + 1 >= highwater
+
+    def _decode(self, value: bytes) -> common_pb2.Envelope | None:
+        env = common_pb2.Envelope()
+        try:
+            env.ParseFromString(value)
+        except Exception:  # noqa: BLE001 - undecodable bytes are the ingest consumer's dead letter
+            self.skipped += 1
+            return None
+        return env
+
+    def _on_vehicle_batch(self, batch: list) -> tuple[list[alerts_pb2.Alert], list[tuple[str, bytes]]]:
+        monitor, alerts, forwards = self.vehicle_monitor, [], []
+        live_ms = wall_ms() if self.clock is ClockMode.LIVE else None
+        for event in batch:
+            value = event.value
+            env = self._decode(value)
+            if env is None:
+                continue
+            if event.message.topic == topics.HEARTBEAT:  # the 1 Hz line is the clock; events are sparse
+                self.vehicle_sources.observe(event.message.partition, env.event_time_ms, self._caught_up(event))
+            vid = env.vehicle_id
+            if vid not in self._seen_vehicles:
+                self._seen_vehicles.add(vid)
+                saved = self.vehicle_table.get(vid.encode())
+                if saved:
+                    monitor.vehicles.import_vehicle(vid, saved)
+            try:
+                alerts += monitor.on_envelope(env, live_ms)
+            except MonitorInputError:
+                self.skipped += 1
+                continue
+            scope = monitor.vehicle_scope(vid)
+            kind = env.WhichOneof("payload")
+            if scope and (kind == "heartbeat" or env.event.kind == common_pb2.EVENT_KIND_ERROR_CODE):
+                forwards.append((scope[0], value))
+        watermark = self.vehicle_sources.watermark_ms()
+        if watermark is not None:
+            alerts += monitor.advance(watermark)
+        for vid in monitor.vehicles.pop_dirty():
+            self.vehicle_table[vid.encode()] = monitor.vehicles.export_vehicle(vid)
+        return alerts, forwards
+
+    def _on_park_batch(self, batch: list) -> list[alerts_pb2.Alert]:
+        monitor, alerts = self.park_monitor, []
+        live_ms = wall_ms() if self.clock is ClockMode.LIVE else None
+        for event in batch:
+            env = self._decode(event.value)
+            if env is None:
+                continue
+            if env.HasField("heartbeat"):
+                self.park_sources.observe(event.message.partition, env.event_time_ms, self._caught_up(event))
+            # A park's saved state is imported before its first message after a restart.
+            park = env.heartbeat.park if env.HasField("heartbeat") else monitor.parks.park_of(env.vehicle_id)
+            if park and park not in self._seen_parks:
+                self._seen_parks.add(park)
+                saved = self.park_table.get(park.encode())
+                if saved:
+                    monitor.parks.import_park(park, saved)
+            try:
+                alerts += monitor.on_envelope(env, live_ms)
+            except MonitorInputError:
+                self.skipped += 1
+        watermark = self.park_sources.watermark_ms()
+        if watermark is not None:
+            alerts += monitor.advance(watermark)
+        for park in monitor.parks.pop_dirty():
+            self.park_table[park.encode()] = monitor.parks.export_park(park)
+        return alerts
+
+    async def _emit(self, alerts: list[alerts_pb2.Alert]) -> None:
+        if not alerts:
+            return
+        changed = await self.store.merge(alerts)
+        await self.bus.send_many([(topics.ALERTS, a.alert_id.encode(), a.SerializeToString()) for a in changed])
+        self.alerts_published += len(changed)
+
+    async def start(self) -> None:
+        await self.app.start()
+
+    async def stop(self) -> None:
+        await self.app.stop()

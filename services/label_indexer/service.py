@@ -1,0 +1,247 @@
+"""label-indexer wiring: a consumer over pose, perception and heartbeat that joins them per
+vehicle-second (`SecondJoiner`), labels due seconds in batches (`label_seconds`), writes the
+label table, and seals each finished hour into the bitmap index.
+
+Delivery: offsets are committed only up to the oldest record whose second is still pending in
+memory (`HoldbackConsumer`), so a crash replays every part of every unlabelled second. Replay
+can also bring back single parts of seconds already labelled; an incomplete second is written
+only when no stored row was labelled from more parts (`data.no_*` bits), so a replay never
+replaces a complete row with a partial one. Complete seconds are always written; re-writing
+the same second is idempotent (ReplacingMergeTree keyed by vehicle and second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import yaml
+from aiokafka.errors import CommitFailedError
+from fleetloop import codec, topics
+from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
+from fleetloop.config import Settings
+from fleetloop.labels import LABEL_TABLE, Taxonomy, load_taxonomy
+from fleetloop.labels.batch import SecondParts, label_seconds
+from fleetloop.query.index import HOUR_MS, build_hour_index
+from fleetloop.warehouse import Warehouse
+
+from services.label_indexer.join import Entry, Position, SecondJoiner, TooLate
+
+log = logging.getLogger(__name__)
+
+NAME = "label-indexer"
+GROUP_ID = "label-indexer"
+MIGRATIONS = Path(__file__).parent / "migrations"
+CONFIG = Path(__file__).with_name("indexer.yaml")
+PAYLOAD_BY_TOPIC = {topics.HEARTBEAT: "heartbeat", topics.POSE: "pose", topics.PERCEPTION: "perception"}
+INDEX_HOUR_TABLE = "dwd_label_index_hour"
+INDEX_BITMAP_TABLE = "dwd_label_index_bitmap"
+_DATA_TAGS = {"heartbeat": "data.no_heartbeat", "pose": "data.no_pose", "perception": "data.no_perception"}
+
+
+def _check(payload: str, env) -> None:
+    if payload == "heartbeat":
+        codec.check_heartbeat(env.heartbeat)
+    elif payload == "pose":
+        codec.pose_arrays(env.pose)
+    else:
+        codec.check_perception(env.perception)
+
+
+class HoldbackConsumer(BatchConsumer):
+    """A BatchConsumer that commits each partition no further than `held()` says.
+
+    held: () -> {(topic, partition): offset of the oldest record still needed}.
+    ahead: () -> partitions to pause because they run ahead in event time (watermark alignment:
+    aiokafka hands out one partition's backlog before the next, and without pausing, one
+    partition could run hours ahead and time out every second of the others).
+    `lagging` is refreshed before each handler call: partitions with records not yet handed over.
+    """
+
+    def __init__(self, *, held: Callable[[], Mapping[Position, int]], ahead: Callable[[], set[Position]],
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.held = held
+        self.ahead = ahead
+        self.lagging: set[Position] = set()
+
+    async def _lagging(self) -> set[Position]:
+        """Assigned partitions with records not yet handed to the handler (or not yet fetched)."""
+        lagging = set()
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or await self._consumer.position(tp) < highwater:
+                lagging.add((tp.topic, tp.partition))
+        return lagging
+
+    async def poll_once(self) -> int:
+        polled = await self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max)
+        if not polled:
+            return 0
+        records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                   for batch in polled.values() for m in batch]
+        self.lagging = await self._lagging()
+        refusals = await self.handler(records)
+        if refusals:
+            await self.bus.dead_letter(refusals, self.service)
+            self.refused += len(refusals)
+        held = self.held()
+        offsets = {tp: min(batch[-1].offset + 1, held.get((tp.topic, tp.partition), batch[-1].offset + 1))
+                   for tp, batch in polled.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError:
+            log.warning("%s: commit failed after rebalance; records will be replayed", self.service)
+        self.records_done += len(records)
+        ahead = self.ahead()
+        assigned = self._consumer.assignment()
+        self._consumer.pause(*(tp for tp in assigned if (tp.topic, tp.partition) in ahead))
+        self._consumer.resume(*(tp for tp in assigned if (tp.topic, tp.partition) not in ahead))
+        return len(records)
+
+
+class LabelIndexer:
+    """The service; `handle` is the consumer's handler and the tests' entry point."""
+
+    name = NAME
+
+    def __init__(self, settings: Settings, warehouse: Warehouse, bus: Bus,
+                 taxonomy: Taxonomy | None = None) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self.bus = bus
+        self.taxonomy = taxonomy or load_taxonomy()
+        config = yaml.safe_load(CONFIG.read_text())
+        self.joiner = SecondJoiner(lateness_ms=int(config["lateness_s"] * 1000), retain_ms=int(config["retain_s"] * 1000),
+                                   align_ms=int(config["align_s"] * 1000))
+        self.seal_after_ms = int(config["seal_after_s"] * 1000)
+        self.unsealed_hours: set[int] = set()
+        self.rows_written = 0
+        self.consumer = HoldbackConsumer(
+            held=self.joiner.held_offsets, ahead=self.joiner.ahead, bootstrap=settings.kafka_bootstrap_servers, group_id=GROUP_ID,
+            topic_names=list(PAYLOAD_BY_TOPIC), handler=self.handle, bus=bus, service=NAME,
+            batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
+        )
+        self.grpc_port = 0
+        bits = {kind: self.taxonomy.tag(name).bit for kind, name in _DATA_TAGS.items()}
+        self._data_bits = bits
+
+    def migrate(self) -> None:
+        self.warehouse.migrate("label_indexer", MIGRATIONS)
+        rows = self.warehouse.query_rows(
+            f"SELECT toUnixTimestamp(hour) * 1000 FROM {INDEX_HOUR_TABLE} FINAL WHERE sealed = 0")
+        self.unsealed_hours = {int(r[0]) for r in rows}
+
+    async def handle(self, records: list[Record]) -> list[Refusal]:
+        """Validate and join the records, label every due second, write rows and seal hours."""
+        refusals: list[Refusal] = []
+        self.joiner.lagging = self.consumer.lagging
+        for record in records:
+            payload = PAYLOAD_BY_TOPIC[record.topic]
+            try:
+                env = codec.decode_envelope(record.value, record.key, payload)
+                codec.check_watermark(env.event_time_ms, self.joiner.watermark_ms)
+                _check(payload, env)
+                self.joiner.add(payload, env.vehicle_id, env.event_time_ms, getattr(env, payload),
+                                (record.topic, record.partition), record.offset)
+            except codec.Rejected as rejected:
+                refusals.append(Refusal(record, rejected.reason, rejected.detail))
+            except TooLate as late:
+                refusals.append(Refusal(record, "too_late", str(late)))
+        due = self.joiner.take_due()
+        if due:
+            await asyncio.get_running_loop().run_in_executor(None, self._write, due)
+        await asyncio.get_running_loop().run_in_executor(None, self._seal_finished_hours)
+        return refusals
+
+    # -- writing labels (runs off the event loop; the warehouse serialises its calls) ----------
+    def _write(self, due: list[Entry]) -> None:
+        partial = [e for e in due if not e.complete]
+        keep = set(map(id, due))
+        if partial:
+            keep -= {id(e) for e in self._superseded(partial)}
+        entries = [e for e in due if id(e) in keep]
+        if not entries:
+            return
+        seconds = [SecondParts(e.vehicle_id, e.second_ms, e.parts.get("heartbeat"), e.parts.get("pose"),
+                               e.parts.get("perception")) for e in entries]
+        columns = label_seconds(seconds, self.taxonomy)
+        self._mark_unsealed({int(ts - ts % HOUR_MS) for ts in columns.ts_ms})
+        self.warehouse.insert_arrow(LABEL_TABLE, columns.to_arrow(self.taxonomy))
+        self.rows_written += len(columns)
+
+    def _superseded(self, partial: list[Entry]) -> list[Entry]:
+        """The partial entries whose stored row was labelled from a superset of their parts."""
+        vehicles = sorted({e.vehicle_id for e in partial})
+        lo = min(e.second_ms for e in partial)
+        hi = max(e.second_ms for e in partial)
+        words = sorted({bit // 64 for bit in self._data_bits.values()})
+        stored = self.warehouse.query_rows(
+            f"SELECT vehicle_id, toUnixTimestamp64Milli(ts), {', '.join(f't{w}' for w in words)} "
+            f"FROM {LABEL_TABLE} FINAL WHERE vehicle_id IN {{v:Array(String)}} "
+            "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+            {"v": vehicles, "lo": lo, "hi": hi})
+        stored_parts: dict[tuple[str, int], set[str]] = {}
+        for vehicle, ts, *word_values in stored:
+            tags = {w: int(v) for w, v in zip(words, word_values, strict=True)}
+            stored_parts[(vehicle, int(ts))] = {kind for kind, bit in self._data_bits.items()
+                                                if not (tags[bit // 64] >> (bit % 64)) & 1}
+        return [e for e in partial
+                if (e.vehicle_id, e.second_ms) in stored_parts
+                and not stored_parts[(e.vehicle_id, e.second_ms)] <= set(e.parts)]
+
+    # -- the hourly bitmap index ---------------------------------------------------------------
+    def _mark_unsealed(self, hours: set[int]) -> None:
+        """Record that these hours are being written (readers then scan them, not their bitmaps)."""
+        new = sorted(hours - self.unsealed_hours)
+        if new:
+            version = time.time_ns()  # a version stamp for ReplacingMergeTree, not event logic
+            self.warehouse.insert_rows(INDEX_HOUR_TABLE, [(h // 1000, version, 0, [], 0) for h in new],
+                                       ["hour", "version", "sealed", "vehicles", "rows"])
+            self.unsealed_hours.update(new)
+
+    def _seal_finished_hours(self) -> None:
+        watermark = self.joiner.watermark_ms
+        for hour_ms in sorted(self.unsealed_hours):
+            if hour_ms + HOUR_MS + self.seal_after_ms <= watermark:
+                self.seal_hour(hour_ms)
+
+    def seal_hour(self, hour_ms: int) -> int:
+        """Build and store the bitmaps of one hour from the label table; returns its row count."""
+        words = range(self.taxonomy.word_count)
+        table = self.warehouse.query_arrow(
+            f"SELECT vehicle_id, toUnixTimestamp64Milli(ts) AS ts_ms, park, "
+            f"{', '.join(f't{w}' for w in words)}, {', '.join(f'k{w}' for w in words)} "
+            f"FROM {LABEL_TABLE} FINAL WHERE ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC') "
+            "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')", {"lo": hour_ms, "hi": hour_ms + HOUR_MS})
+        index = build_hour_index(
+            hour_ms, table.column("vehicle_id").to_pylist(), table.column("ts_ms").to_numpy(),
+            np.stack([table.column(f"t{w}").to_numpy() for w in words], axis=1).astype(np.uint64),
+            np.stack([table.column(f"k{w}").to_numpy() for w in words], axis=1).astype(np.uint64),
+            table.column("park").to_pylist())
+        store_hour_index(self.warehouse, index, version=time.time_ns())
+        self.unsealed_hours.discard(hour_ms)
+        return table.num_rows
+
+    async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.migrate)
+        await self.consumer.run(stop)
+
+
+def store_hour_index(warehouse: Warehouse, index, version: int) -> None:
+    """Write an HourIndex: its bitmaps first, then the sealed directory row that publishes them."""
+    blobs = index.serialize()
+    hour_s = index.hour_ms // 1000
+    warehouse.insert_arrow(INDEX_BITMAP_TABLE, pa.table({
+        "hour": pa.array([hour_s] * len(blobs), pa.timestamp("s", tz="UTC")),
+        "key": pa.array(list(blobs), pa.string()),
+        "version": pa.array([version] * len(blobs), pa.uint64()),
+        "bitmap": pa.array(list(blobs.values()), pa.binary()),
+    }))
+    warehouse.insert_rows(INDEX_HOUR_TABLE, [(hour_s, version, 1, list(index.vehicles), index.rows)],
+                          ["hour", "version", "sealed", "vehicles", "rows"])
