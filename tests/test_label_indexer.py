@@ -162,7 +162,10 @@ async def test_simulated_fleet_labels_equal_label_second_and_hours_are_indexed(s
     # Out of order across topics and vehicles by up to 3 s (within the lateness).
     jittered = sorted(messages, key=lambda m: m[1].event_time_ms + rng.uniform(0, 3000))
     raw = [(t, e.vehicle_id.encode(), e.SerializeToString()) for t, e in jittered]
+    import time
+    print("DEBUGP0", time.monotonic())
     await publish(settings.kafka_bootstrap_servers, raw)
+    print("DEBUGP1", time.monotonic())
     running = Running(settings, warehouse)
     async with running as service:
         import collections
@@ -177,6 +180,8 @@ async def test_simulated_fleet_labels_equal_label_second_and_hours_are_indexed(s
             return r
         service.consumer.handler = handle
         await running.caught_up()
+        print("DEBUGP2", time.monotonic())
+    print("DEBUGP3", time.monotonic())
     print("DEBUG", reasons.most_common(5))
     expected = {k: r for k, r in expected_rows(messages).items()}
     truth = sorted(as_stored(r) for r in expected.values())

@@ -8,7 +8,6 @@ import asyncio
 from collections import Counter
 
 import pytest
-from fleetloop import topics
 from fleetloop.bus import Bus
 
 from services.trigger_engine.service import STATE_TOPIC, TriggerEngine
@@ -107,4 +106,4 @@ async def test_restart_restores_runners_and_neither_loses_nor_repeats(settings, 
     assert Counter(e.trigger_id for e in got).most_common(1)[0][1] == 1
     assert serialized(got) == serialized(expected)
     # The first run left the runners' open seconds in the checkpoint, not lost.
-    assert topics.TRIGGERS and sum(len(r.pending) for r in first.runners.values()) > 0
+    assert sum(len(r.pending) for r in first.runners.values()) > 0

@@ -85,6 +85,16 @@ class VehicleMonitor:
                 alerts.append(self._recovered(vehicle_id, v, event_ms))
             v.offline = _ONLINE
             self._queue(vehicle_id, v, event_ms + v.timeout_ms)
+        elif event_ms - v.last_seen_ms > v.timeout_ms and not (
+                self._config.offline.suppress_when_parked and v.parked_idle):
+            # The outage shows in the vehicle's own data, but the watermark never reached its
+            # deadline before it came back (a sharded agent's watermark waits for its slowest
+            # partition). Raise the same OFFLINE, at its deadline, and the RECOVERED.
+            v.offline = v.last_seen_ms + v.timeout_ms
+            alerts.append(self._offline(vehicle_id, v, v.offline))
+            alerts.append(self._recovered(vehicle_id, v, event_ms))
+            v.offline = _ONLINE
+            self._queue(vehicle_id, v, event_ms + v.timeout_ms)
         self._dirty.add(vehicle_id)
         v.last_seen_ms = event_ms
         running = hb.task_state == _RUNNING
@@ -128,19 +138,25 @@ class VehicleMonitor:
             if self._config.offline.suppress_when_parked and v.parked_idle:
                 v.offline = _SILENT
                 continue
-            v.offline = watermark_ms
-            alerts.append(make_alert(
-                alert_id=offline_alert_id(vehicle_id, v.last_seen_ms),
-                kind=alerts_pb2.ALERT_KIND_OFFLINE,
-                severity=alerts_pb2.ALERT_SEVERITY_CRITICAL if v.running else alerts_pb2.ALERT_SEVERITY_WARNING,
-                level=1, revision=1, state=OPEN, opened_ms=watermark_ms, event_ms=watermark_ms,
-                incident_start_ms=v.last_seen_ms, vehicle_id=vehicle_id, park=v.park, city=v.city,
-                summary=(f"{vehicle_id} offline: no heartbeat for {(watermark_ms - v.last_seen_ms) / 1000:.0f} s"
-                         f"{' while on a running task' if v.running else ''}"),
-                details={"last_seen_ms": str(v.last_seen_ms), "timeout_s": f"{v.timeout_ms / 1000:g}",
-                         "task_running": str(v.running).lower()},
-            ))
+            v.offline = v.last_seen_ms + v.timeout_ms  # the event time it went offline (see _offline)
+            alerts.append(self._offline(vehicle_id, v, watermark_ms))
         return alerts
+
+    def _offline(self, vehicle_id: str, v: _Vehicle, at_ms: int) -> Alert:
+        """OFFLINE found at watermark `at_ms`. It opens at the deadline, the event time the silence
+        crossed the threshold, however coarsely the caller advances the watermark."""
+        deadline_ms = v.last_seen_ms + v.timeout_ms
+        return make_alert(
+            alert_id=offline_alert_id(vehicle_id, v.last_seen_ms),
+            kind=alerts_pb2.ALERT_KIND_OFFLINE,
+            severity=alerts_pb2.ALERT_SEVERITY_CRITICAL if v.running else alerts_pb2.ALERT_SEVERITY_WARNING,
+            level=1, revision=1, state=OPEN, opened_ms=deadline_ms, event_ms=at_ms,
+            incident_start_ms=v.last_seen_ms, vehicle_id=vehicle_id, park=v.park, city=v.city,
+            summary=(f"{vehicle_id} offline: no heartbeat for {(at_ms - v.last_seen_ms) / 1000:.0f} s"
+                     f"{' while on a running task' if v.running else ''}"),
+            details={"last_seen_ms": str(v.last_seen_ms), "timeout_s": f"{v.timeout_ms / 1000:g}",
+                     "task_running": str(v.running).lower()},
+        )
 
     def set_expected_rate(self, vehicle_id: str, rate_hz: float) -> None:
         """Declare that `vehicle_id` heartbeats at `rate_hz` (its offline timeout follows)."""
