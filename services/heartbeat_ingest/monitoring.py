@@ -5,9 +5,12 @@ Two agents, so the work shards by key like the rest of the loop:
   stop-and-not-go; it forwards each heartbeat and error code to `loop.monitor.park.v1`
   re-keyed by park (the group-by);
 * `parks` reads that topic keyed by park: PARK_STALL and ERROR_BURST.
-Each agent's monitor state lives in a faust table (changelog-backed), written for the keys a
-batch touched, and is imported the first time a key shows up after a restart or rebalance.
-Alerts merge into Redis (AlertStore) and every change goes to fleet.alerts.v1.
+Each agent's monitor state per key (vehicle, park) is checkpointed to Redis after every batch for
+the keys it touched, and imported the first time a key shows up after a restart or rebalance.
+Faust tables were the first choice, but their changelog recovery relies on ListOffsets, which
+Tansu 0.6 answers with the last batch's base offset + 1: after a restart, recovery waited for
+offsets it never saw. Redis is already this service's state store. Alerts merge into Redis
+(AlertStore) and every change goes to fleet.alerts.v1.
 
 Dead-lettering of these topics belongs to the ingest consumer that reads the same messages;
 the agents skip what they cannot use and count it.
@@ -15,6 +18,7 @@ the agents skip what they cannot use and count it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -23,6 +27,7 @@ from fleetloop import topics
 from fleetloop.bus import Bus
 from fleetloop.config import Settings
 from fleetloop.monitors import ClockMode, FleetMonitor, MonitorInputError, SourceWatermarks, load_monitor_config
+from fleetloop.state import key
 from fleetloop.v1 import alerts_pb2, common_pb2
 
 from services.heartbeat_ingest.alert_store import AlertStore
@@ -40,6 +45,29 @@ IDLE_SOURCE_MS = 60_000
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+class MonitorCheckpoints:
+    """Per-key monitor state in Redis: `fl:ingest:monitor-<scope>:<key>` (JSON, 7-day TTL)."""
+
+    TTL_S = 7 * 86_400  # a week: longer than any outage a restarted monitor should remember
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    async def save(self, scope: str, states: dict[str, dict | None]) -> None:
+        if not states:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name, state in states.items():
+                if state is not None:
+                    pipe.set(key("ingest", f"monitor-{scope}", name), json.dumps(state), ex=self.TTL_S)
+            await pipe.execute()
+
+    async def load(self, scope: str, names: set[str]) -> dict[str, dict]:
+        ordered = sorted(names)
+        raws = await self.client.mget([key("ingest", f"monitor-{scope}", n) for n in ordered])
+        return {n: json.loads(raw) for n, raw in zip(ordered, raws, strict=True) if raw is not None}
 
 
 class FleetMonitoring:
@@ -74,20 +102,15 @@ class FleetMonitoring:
         # Faust owns (creates) the repartition topic, so the parks agent is subscribed from the start.
         park_topic = app.topic(PARK_TOPIC, key_type=bytes, value_type=bytes, internal=True,
                                partitions=topics.DEFAULT_PARTITIONS)
-        # Monitor state is a JSON-compatible dict per key (VehicleMonitor/ParkMonitor export_*). Keys are
-        # the same raw bytes as the source topics' keys and placed by the same partitioner, so a
-        # key's changelog partition is its source partition: whoever owns the one recovers the other.
-        # (Batches from `take` carry no current event, hence the partitioner instead of its partition.)
-        state_schema = faust.Schema(key_type=bytes, value_type=dict, key_serializer="raw", value_serializer="json")
-        self.vehicle_table = app.Table("monitor-vehicles", schema=state_schema, partitions=topics.DEFAULT_PARTITIONS,
-                                       use_partitioner=True)
-        self.park_table = app.Table("monitor-parks", schema=state_schema, partitions=topics.DEFAULT_PARTITIONS,
-                                    use_partitioner=True)
+        self.checkpoints = MonitorCheckpoints(store.client)
 
         @app.agent(fleet_in)
         async def vehicles(stream):
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                await self._restore_vehicles(batch)
                 alerts, forwards = self._on_vehicle_batch(batch)
+                await self.checkpoints.save("vehicle", {vid: self.vehicle_monitor.vehicles.export_vehicle(vid)
+                                                        for vid in self.vehicle_monitor.vehicles.pop_dirty()})
                 for park, value in forwards:
                     await park_topic.send(key=park.encode(), value=value)
                 await self._emit(alerts)
@@ -97,7 +120,10 @@ class FleetMonitoring:
         @app.agent(park_topic)
         async def parks(stream):
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                await self._restore_parks(batch)
                 await self._emit(self._on_park_batch(batch))
+                await self.checkpoints.save("park", {park: self.park_monitor.parks.export_park(park)
+                                                     for park in self.park_monitor.parks.pop_dirty()})
                 self.park_records += len(batch)
 
         if clock is ClockMode.LIVE:
@@ -105,6 +131,21 @@ class FleetMonitoring:
             async def live_clock():
                 now = wall_ms()
                 await self._emit(self.vehicle_monitor.tick(now) + self.park_monitor.tick(now))
+
+    async def _restore_vehicles(self, batch: list) -> None:
+        """Import saved state of vehicles this worker has not seen yet, before their first message."""
+        new = {str(event.key, "utf-8") for event in batch if event.key} - self._seen_vehicles
+        if new:
+            self._seen_vehicles |= new
+            for vid, saved in (await self.checkpoints.load("vehicle", new)).items():
+                self.vehicle_monitor.vehicles.import_vehicle(vid, saved)
+
+    async def _restore_parks(self, batch: list) -> None:
+        new = {str(event.key, "utf-8") for event in batch if event.key} - self._seen_parks
+        if new:
+            self._seen_parks |= new
+            for park, saved in (await self.checkpoints.load("park", new)).items():
+                self.park_monitor.parks.import_park(park, saved)
 
     def _caught_up(self, event) -> bool:
         """Whether this event's partition has nothing more to read right now (fetch high watermark)."""
@@ -131,11 +172,6 @@ class FleetMonitoring:
             if event.message.topic == topics.HEARTBEAT:  # the 1 Hz line is the clock; events are sparse
                 self.vehicle_sources.observe(event.message.partition, env.event_time_ms, self._caught_up(event))
             vid = env.vehicle_id
-            if vid not in self._seen_vehicles:
-                self._seen_vehicles.add(vid)
-                saved = self.vehicle_table.get(vid.encode())
-                if saved:
-                    monitor.vehicles.import_vehicle(vid, saved)
             try:
                 alerts += monitor.on_envelope(env, live_ms)
             except MonitorInputError:
@@ -148,8 +184,6 @@ class FleetMonitoring:
         watermark = self.vehicle_sources.watermark_ms()
         if watermark is not None:
             alerts += monitor.advance(watermark)
-        for vid in monitor.vehicles.pop_dirty():
-            self.vehicle_table[vid.encode()] = monitor.vehicles.export_vehicle(vid)
         return alerts, forwards
 
     def _on_park_batch(self, batch: list) -> list[alerts_pb2.Alert]:
@@ -161,13 +195,6 @@ class FleetMonitoring:
                 continue
             if env.HasField("heartbeat"):
                 self.park_sources.observe(event.message.partition, env.event_time_ms, self._caught_up(event))
-            # A park's saved state is imported before its first message after a restart.
-            park = env.heartbeat.park if env.HasField("heartbeat") else monitor.parks.park_of(env.vehicle_id)
-            if park and park not in self._seen_parks:
-                self._seen_parks.add(park)
-                saved = self.park_table.get(park.encode())
-                if saved:
-                    monitor.parks.import_park(park, saved)
             try:
                 alerts += monitor.on_envelope(env, live_ms)
             except MonitorInputError:
@@ -175,8 +202,6 @@ class FleetMonitoring:
         watermark = self.park_sources.watermark_ms()
         if watermark is not None:
             alerts += monitor.advance(watermark)
-        for park in monitor.parks.pop_dirty():
-            self.park_table[park.encode()] = monitor.parks.export_park(park)
         return alerts
 
     async def _emit(self, alerts: list[alerts_pb2.Alert]) -> None:

@@ -186,11 +186,13 @@ def explain(expr: Expr) -> Explanation:
     return Explanation(expression=str(expr), where_sql=where, parameters=predicate.parameters)
 
 
-def compile_query(request: MineRequest, taxonomy: Taxonomy, table: str = LABEL_TABLE) -> CompiledQuery:
+def compile_query(request: MineRequest, taxonomy: Taxonomy, table: str = LABEL_TABLE,
+                  tag_words: bool = False) -> CompiledQuery:
     """Parse `request.expression` and compile the whole request to parameterised SQL.
 
     Raises QueryError for a bad expression. `table` is a trusted identifier from code
-    (validated), never user input.
+    (validated), never user input. `tag_words` adds the TRUE bitset words t0.. as result
+    columns: per second, or per clip the OR over its seconds (which tags held at some point).
     """
     if not _IDENTIFIER.match(table):
         raise ValueError(f"bad table name {table!r}")
@@ -211,23 +213,27 @@ def compile_query(request: MineRequest, taxonomy: Taxonomy, table: str = LABEL_T
         where.append("park IN {parks:Array(String)}")
         params["parks"] = list(request.parks)
     params["limit"] = request.limit
-    seconds = (f"SELECT vehicle_id, toUnixTimestamp64Milli(ts) AS ts_ms FROM {table} FINAL "
+    words = [f"t{w}" for w in range(taxonomy.word_count)] if tag_words else []
+    extra = "".join(f", {word}" for word in words)
+    seconds = (f"SELECT vehicle_id, toUnixTimestamp64Milli(ts) AS ts_ms{extra} FROM {table} FINAL "
                f"WHERE {' AND '.join(where)}")
     if request.output == "seconds":
         sql = f"{seconds} ORDER BY vehicle_id, ts LIMIT {{limit:UInt64}} {_SETTINGS}"
-        return CompiledQuery(sql, params, ("vehicle_id", "ts_ms"), explanation.expression)
+        return CompiledQuery(sql, params, ("vehicle_id", "ts_ms", *words), explanation.expression)
     params["gap_ms"] = 1000 * (1 + request.merge_gap_s)
     params["min_clip_ms"] = 1000 * request.min_clip_s
+    any_words = "".join(f", groupBitOr({word}) AS {word}" for word in words)
     sql = (
-        "SELECT vehicle_id, min(ts_ms) AS start_ms, max(ts_ms) + 1000 AS end_ms, count() AS matched_seconds "
-        "FROM (SELECT vehicle_id, ts_ms, sum(starts_clip) OVER (PARTITION BY vehicle_id ORDER BY ts_ms "
+        "SELECT vehicle_id, min(ts_ms) AS start_ms, max(ts_ms) + 1000 AS end_ms, count() AS matched_seconds"
+        f"{any_words} "
+        f"FROM (SELECT vehicle_id, ts_ms{extra}, sum(starts_clip) OVER (PARTITION BY vehicle_id ORDER BY ts_ms "
         "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS clip_no "
-        "FROM (SELECT vehicle_id, ts_ms, ts_ms - lagInFrame(ts_ms, 1, ts_ms - {gap_ms:Int64} - 1) "
+        f"FROM (SELECT vehicle_id, ts_ms{extra}, ts_ms - lagInFrame(ts_ms, 1, ts_ms - {{gap_ms:Int64}} - 1) "
         "OVER (PARTITION BY vehicle_id ORDER BY ts_ms ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) "
         "> {gap_ms:Int64} AS starts_clip "
         f"FROM ({seconds}))) "
         "GROUP BY vehicle_id, clip_no HAVING end_ms - start_ms >= {min_clip_ms:Int64} "
         f"ORDER BY vehicle_id, start_ms LIMIT {{limit:UInt64}} {_SETTINGS}"
     )
-    return CompiledQuery(sql, params, ("vehicle_id", "start_ms", "end_ms", "matched_seconds"),
+    return CompiledQuery(sql, params, ("vehicle_id", "start_ms", "end_ms", "matched_seconds", *words),
                          explanation.expression)
