@@ -22,6 +22,18 @@ app = typer.Typer(help="fleetloop: the data closed loop for an autonomous-vehicl
 fleet_app = typer.Typer(help="Query the fleet (FleetService on heartbeat-ingest)", no_args_is_help=True)
 app.add_typer(fleet_app, name="fleet")
 
+
+def _mount_subcommands() -> None:
+    """Command groups of other parts of the loop; each module holds one typer app."""
+    from fleetloop.commands.cases import app as cases_app
+    from fleetloop.commands.metrics import app as metrics_app
+
+    app.add_typer(metrics_app, name="metrics")
+    app.add_typer(cases_app, name="cases")
+
+
+_mount_subcommands()
+
 DEMO_START_MS = 1_780_293_600_000  # 2026-06-01T06:00:00Z: a fleet morning
 
 
@@ -32,7 +44,7 @@ def _logging(verbose: bool) -> None:
 
 @app.command()
 def demo(vehicles: int = typer.Option(50, help="simulated vehicles"),
-         hours: float = typer.Option(2.0, help="simulated hours of fleet operation"),
+         hours: float = typer.Option(1.0, help="simulated hours of fleet operation"),
          seed: int = typer.Option(7, help="simulator seed (same seed, same fleet)"),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Start the embedded stack, simulate a fleet through every service, print the reports."""
@@ -50,7 +62,7 @@ def demo(vehicles: int = typer.Option(50, help="simulated vehicles"),
 def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run every service in this process on the embedded stack until Ctrl-C."""
     from fleetloop.embedded import EmbeddedStack
-    from fleetloop.runtime import Host
+    from fleetloop.runtime import SERVICES, Host
 
     _logging(verbose)
     settings = Settings.from_env()
@@ -61,7 +73,8 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
             await host.start()
             endpoints = {"KAFKA_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap_servers,
                          "REDIS_URL": stack.settings.redis_url, "CLICKHOUSE_URL": stack.settings.clickhouse_url,
-                         "FLEET_GRPC": f"{settings.grpc_host}:{settings.grpc_port}"}
+                         "FLEET_GRPC": f"{settings.grpc_host}:{SERVICES['heartbeat-ingest'][1]}",
+                         "CASES_GRPC": f"{settings.grpc_host}:{SERVICES['case-assembler'][1]}"}
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             (settings.data_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
             typer.echo("fleetloop is up:")
@@ -122,13 +135,18 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
         start_ms: int = typer.Option(DEMO_START_MS, help="simulation start, epoch ms UTC"),
         speed: float = typer.Option(0.0, help="time acceleration (60 = a minute per second); 0 = as fast as possible"),
         truth: Path = typer.Option(None, help="write the injected incidents and mileage ground truth here (JSONL)"),
-        incidents_per_vehicle_hour: float = typer.Option(0.8)) -> None:
-    """Simulate a fleet and publish its heartbeats, poses, events and perception to Kafka."""
+        incidents_per_vehicle_hour: float = typer.Option(0.8),
+        serve_uploads: bool = typer.Option(True, help="keep each vehicle's ring buffer and answer upload commands "
+                                                      "until stopped (SIGTERM/Ctrl-C)")) -> None:
+    """Simulate a fleet: publish heartbeats, poses, events and perception to Kafka and, like real
+    vehicles, answer the case-assembler's upload commands from their ring buffers."""
     from fleetloop.bus import Bus, ensure_topics
     from fleetloop.feed import publish_seconds
     from fleetloop.sim import FleetSimulator, SimConfig
+    from fleetloop.vehicle import FleetVehicles, VehicleParams
 
     bootstrap = _endpoint("KAFKA_BOOTSTRAP_SERVERS")
+    settings = Settings.from_env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
     simulator = FleetSimulator(SimConfig(vehicles=vehicles, start_ms=start_ms, duration_s=int(hours * 3600),
                                          seed=seed, incidents_per_vehicle_hour=incidents_per_vehicle_hour))
 
@@ -136,16 +154,32 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
         await ensure_topics(bootstrap)
         bus = Bus(bootstrap, client_id="fleet-sim")
         await bus.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        seconds = simulator.seconds()
+        fleet = None
+        if serve_uploads:
+            # The buffer holds the whole run, so a case cut late in an accelerated run still finds its window.
+            fleet = FleetVehicles(settings, bus, VehicleParams(ring_capacity_s=hours * 3600 + 60))
+            seconds = fleet.pass_through(seconds)
+            uploads = asyncio.create_task(fleet.run(stop))
         try:
-            stats = await publish_seconds(bus, simulator.seconds(), speed=speed or None)
+            stats = await publish_seconds(bus, seconds, speed=speed or None)
+            typer.echo(f"published {stats.messages:,} messages ({stats.bytes / 1e6:.1f} MB) for {vehicles} vehicles "
+                       f"x {stats.seconds:,} s in {stats.wall_s:.1f} s wall")
+            if truth:
+                simulator.ground_truth.write_jsonl(truth)
+            if fleet is not None:
+                typer.echo("answering upload commands until stopped ...")
+                await uploads
+                typer.echo(f"vehicles answered {fleet.stats.requests} upload requests, "
+                           f"wrote {fleet.stats.bytes_written / 1e6:.1f} MB of MCAP")
         finally:
             await bus.stop()
-        typer.echo(f"published {stats.messages:,} messages ({stats.bytes / 1e6:.1f} MB) for {vehicles} vehicles x "
-                   f"{stats.seconds:,} s in {stats.wall_s:.1f} s wall")
 
     asyncio.run(main())
-    if truth:
-        simulator.ground_truth.write_jsonl(truth)
 
 
 def _fleet_stub():
@@ -205,9 +239,10 @@ def fleet_list(status: str = typer.Option("", help="online, offline or stopped")
         for v in response.vehicles]))
 
 
-def spawn_sim(bootstrap: str, vehicles: int, hours: float, seed: int, truth: Path) -> subprocess.Popen:
-    """The simulator as a child process, so it drives the broker from the second core."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+def spawn_sim(settings: Settings, vehicles: int, hours: float, seed: int, truth: Path) -> subprocess.Popen:
+    """The simulated fleet as a child process, so it drives the broker from the second core."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "FLEETLOOP_DATA_DIR": str(settings.data_dir), "FLEETLOOP_OBJECT_STORE_URL": settings.object_store_url}
     return subprocess.Popen(
         [sys.executable, "-m", "fleetloop.cli", "sim", "--vehicles", str(vehicles), "--hours", str(hours),
          "--seed", str(seed), "--truth", str(truth)], env=env)

@@ -27,13 +27,15 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
         typer.echo(f"services: {', '.join(host.names)}")
         truth_path = settings.data_dir / "ground_truth.jsonl"
         typer.echo(f"simulating {vehicles} vehicles x {hours:g} h (seed {seed}) ...")
-        sim = spawn_sim(stack.settings.kafka_bootstrap_servers, vehicles, hours, seed, truth_path)
-        while sim.poll() is None:
+        sim = spawn_sim(stack.settings, vehicles, hours, seed, truth_path)
+        while not truth_path.exists():  # written once everything is published
+            if sim.poll() is not None:
+                await host.stop()
+                raise typer.Exit(sim.returncode or 1)
             await asyncio.sleep(0.5)
-        if sim.returncode:
-            await host.stop()
-            raise typer.Exit(sim.returncode)
         await host.wait_caught_up()
+        sim.terminate()  # the vehicles stop answering upload commands
+        sim.wait(timeout=30)
         ingest = host.services["heartbeat-ingest"]
         await ingest.rollup()
         warehouse = host.warehouse
@@ -44,9 +46,14 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
         seen_km = warehouse.query_rows("SELECT sum(distance_m) / 1000 FROM dws_fleet_day")[0][0]
         typer.echo(f"\nkm in ClickHouse {seen_km:,.2f} vs simulator ground truth {truth_km:,.2f}")
         alerts = await ingest.alerts.newest(10_000)
-        typer.echo(f"\n== Alerts of the simulated fleet ({len(alerts)} incidents; fleet.alerts.v1, lifecycle in Redis) ==")
+        typer.echo(f"\n== Alerts ({len(alerts)} incidents; fleet.alerts.v1, lifecycle in Redis) ==")
         typer.echo(alerts_report(alerts))
-        dead = sum(s.consumer.refused for s in host.services.values() if hasattr(s, "consumer"))
+        typer.echo("\n== MPS / MPD / MPI (triggers from trigger-engine, mileage from heartbeat-ingest) ==")
+        typer.echo(ingest.metrics_report())
+        if "case-assembler" in host.services:
+            typer.echo("\n== Cases (case-assembler) ==")
+            typer.echo(await host.services["case-assembler"].report())
+        dead = sum(c.refused for s in host.services.values() for c in getattr(s, "consumers", [s.consumer]))
         typer.echo(f"messages dead-lettered: {dead}")
         await host.stop()
     typer.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # service name -> (import path of its class, default gRPC port or 0 when it serves none)
 SERVICES: dict[str, tuple[str, int]] = {
     "heartbeat-ingest": ("services.heartbeat_ingest.service:HeartbeatIngest", 50051),
+    "trigger-engine": ("services.trigger_engine.service:TriggerEngine", 0),
+    "case-assembler": ("services.case_assembler.service:CaseAssembler", 50052),
 }
 
 
@@ -56,7 +58,7 @@ class Host:
             self.tasks.append(asyncio.create_task(service.run(self.stop_event, serve_grpc=self.grpc),
                                                   name=name))
 
-    async def wait_caught_up(self, poll_s: float = 0.5, settle_polls: int = 2) -> None:
+    async def wait_caught_up(self, poll_s: float = 0.5, settle_polls: int = 6) -> None:
         """Wait until every hosted consumer group has committed everything on its topics."""
         quiet = 0
         while quiet < settle_polls:

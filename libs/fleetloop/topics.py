@@ -12,6 +12,7 @@ CASES = "loop.cases.v1"
 REPLAY_REQUESTS = "loop.replay.requests.v1"
 SOLUTIONS = "loop.solutions.v1"
 DEADLETTER = "loop.deadletter.v1"
+TRIGGER_STATE = "loop.trigger-state.v1"  # trigger-engine's compacted checkpoint topic
 
 ALL = (HEARTBEAT, POSE, EVENTS, PERCEPTION, COMMANDS, UPLOADS, ALERTS, TRIGGERS, CASES,
        REPLAY_REQUESTS, SOLUTIONS, DEADLETTER)

@@ -15,7 +15,7 @@ from fleetloop.config import Settings
 from fleetloop.grpc_server import Servicer, start_server
 from fleetloop.monitors import ClockMode, load_monitor_config
 from fleetloop.state import connect
-from fleetloop.v1 import alerts_pb2_grpc, common_pb2, fleet_service_pb2_grpc
+from fleetloop.v1 import alerts_pb2_grpc, common_pb2, fleet_service_pb2_grpc, metrics_pb2_grpc
 from fleetloop.warehouse import Warehouse
 
 from services.heartbeat_ingest import rows
@@ -23,6 +23,8 @@ from services.heartbeat_ingest.alert_store import AlertStore
 from services.heartbeat_ingest.alerts_api import AlertApi
 from services.heartbeat_ingest.api import FleetApi
 from services.heartbeat_ingest.live_state import LiveState
+from services.heartbeat_ingest.metrics import MetricsSink, metrics_report
+from services.heartbeat_ingest.metrics_api import MetricsApi
 from services.heartbeat_ingest.monitoring import FleetMonitoring
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,14 @@ class HeartbeatIngest:
             topic_names=list(PAYLOAD_BY_TOPIC), handler=self.handle, bus=bus, service=NAME,
             batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
         )
+        # MPS/MPD/MPI: triggers and case verdicts, joined with this service's mileage.
+        self.metrics = MetricsSink(warehouse)
+        self.metrics_consumer = BatchConsumer(
+            bootstrap=settings.kafka_bootstrap_servers, group_id=f"{GROUP_ID}-metrics",
+            topic_names=[topics.TRIGGERS, topics.CASES], handler=self.metrics.handle, bus=bus, service=NAME,
+            batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
+        )
+        self.consumers = [self.consumer, self.metrics_consumer]
         self.grpc_port = 0
         self.alerts = AlertStore(settings.redis_url)
         self.monitoring = FleetMonitoring(settings, bus, self.alerts, ClockMode(settings.monitor_clock))
@@ -144,6 +154,9 @@ class HeartbeatIngest:
             kept.append((record, env))
         return kept
 
+    def metrics_report(self) -> str:
+        return metrics_report(self.warehouse)
+
     async def settled(self) -> bool:
         """True when the monitors have taken every heartbeat and event the ingest consumer has."""
         seen = self.consumer.records_by_topic
@@ -173,6 +186,8 @@ class HeartbeatIngest:
             Servicer(fleet_service_pb2_grpc.add_FleetServiceServicer_to_server, api, "fleetloop.v1.FleetService"),
             Servicer(alerts_pb2_grpc.add_AlertServiceServicer_to_server, AlertApi(self.alerts, self.bus),
                      "fleetloop.v1.AlertService"),
+            Servicer(metrics_pb2_grpc.add_MetricsServiceServicer_to_server, MetricsApi(self.warehouse),
+                     "fleetloop.v1.MetricsService"),
         ], address)
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
@@ -181,7 +196,7 @@ class HeartbeatIngest:
             await self.serve_grpc()
         await self.monitoring.start()
         try:
-            await self.consumer.run(stop)
+            await asyncio.gather(self.consumer.run(stop), self.metrics_consumer.run(stop))
         finally:
             await self.monitoring.stop()
             await self.alerts.close()

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 NAME = "trigger-engine"
 GROUP_ID = "trigger-engine"
-STATE_TOPIC = "loop.trigger-state.v1"
+STATE_TOPIC = topics.TRIGGER_STATE
 PAYLOAD_BY_TOPIC = {topics.POSE: "pose", topics.EVENTS: "event", topics.PERCEPTION: "perception",
                     topics.HEARTBEAT: "heartbeat"}
 # How far (event time) one input partition may run ahead of its group's input watermark before it

@@ -1,0 +1,361 @@
+"""The mining engine: answers a `MineRequest` from the hourly bitmap index where it can and by
+scanning the label table where it must.
+
+Plan per request (docs/MINING.md):
+- an expression with a numeric comparison has no bitmaps: one SQL scan (`compile_query`);
+- otherwise every sealed hour in range is answered from its bitmaps (cached in memory per
+  hour and version), the unsealed hours (still being written) by a scan restricted to them,
+  and the seconds of both are merged into clips per vehicle, vehicles in sorted order, in
+  batches, stopping once `limit` clips are found.
+Clip rule, matched tags and ordering are the compiler's (tests compare them to the SQL and to
+the brute-force evaluator).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from pyroaring import BitMap
+
+from fleetloop.labels import LABEL_TABLE, Taxonomy
+from fleetloop.query import MineRequest, QueryError, compile_query, explain, parse
+from fleetloop.query.ast import And, Expr, Not, Or, TagAtom
+from fleetloop.query.compiler import MAX_LIMIT
+from fleetloop.query.index import HOUR_MS, HourIndex, evaluate, ids_of, indexable, scope
+from fleetloop.warehouse import Warehouse
+
+INDEX_HOUR_TABLE = "dwd_label_index_hour"
+INDEX_BITMAP_TABLE = "dwd_label_index_bitmap"
+VEHICLE_SECOND_TABLE = "dwd_vehicle_second"
+CASES_TABLE = "cases"
+FIRST_BATCH_VEHICLES = 64
+
+
+@dataclass
+class MinedClip:
+    vehicle_id: str
+    start_ms: int
+    end_ms: int
+    matched_seconds: int
+    matched_tags: tuple[str, ...] = ()
+    case_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class MineResult:
+    expression: str
+    plan: str
+    clips: list[MinedClip] = field(default_factory=list)
+
+
+@dataclass
+class _Seconds:
+    """Matching seconds of some vehicles: vehicle names, ts and per positive atom a TRUE flag."""
+
+    vehicle: np.ndarray      # object array of str
+    ts_ms: np.ndarray        # int64
+    atoms: np.ndarray        # bool (n, n_atoms)
+
+
+def positive_atoms(expr: Expr, negated: bool = False) -> list[TagAtom]:
+    """Tag atoms under an even number of negations, in first-appearance order, no repeats."""
+    if isinstance(expr, TagAtom):
+        return [] if negated else [expr]
+    if isinstance(expr, Not):
+        return positive_atoms(expr.operand, not negated)
+    if isinstance(expr, And | Or):
+        seen: dict[str, TagAtom] = {}
+        for operand in expr.operands:
+            for atom in positive_atoms(operand, negated):
+                seen.setdefault(atom.tag.name, atom)
+        return list(seen.values())
+    return []
+
+
+def algebra(expr: Expr, want_true: bool = True) -> str:
+    """The bitmap algebra the index evaluates, e.g. `t2 ∩ (k64 − t64)`."""
+    if isinstance(expr, TagAtom):
+        return f"t{expr.tag.bit}" if want_true else f"(k{expr.tag.bit} − t{expr.tag.bit})"
+    if isinstance(expr, Not):
+        return algebra(expr.operand, not want_true)
+    if not isinstance(expr, And | Or):
+        return "?"
+    joiner = " ∩ " if isinstance(expr, And) == want_true else " ∪ "
+    return "(" + joiner.join(algebra(o, want_true) for o in expr.operands) + ")"
+
+
+def merge_clips(seconds: _Seconds, merge_gap_s: int, min_clip_s: int, atoms: Sequence[TagAtom]) -> list[MinedClip]:
+    """Clips from seconds sorted by (vehicle, ts): the rule of `fleetloop.query.build_clips`."""
+    n = seconds.ts_ms.size
+    if n == 0:
+        return []
+    vehicle, ts = seconds.vehicle, seconds.ts_ms
+    new_vehicle = np.r_[True, vehicle[1:] != vehicle[:-1]]
+    starts = np.flatnonzero(new_vehicle | np.r_[True, np.diff(ts) > 1000 * (1 + merge_gap_s)])
+    ends = np.r_[starts[1:], n]
+    start_ms, end_ms = ts[starts], ts[ends - 1] + 1000
+    keep = end_ms - start_ms >= 1000 * min_clip_s
+    any_atom = np.logical_or.reduceat(seconds.atoms, starts, axis=0) if atoms else np.zeros((starts.size, 0), bool)
+    names = [a.tag.name for a in atoms]
+    return [MinedClip(str(vehicle[s]), int(a), int(b), int(e - s), tuple(nm for nm, hit in zip(names, row) if hit))
+            for s, e, a, b, row, k in zip(starts, ends, start_ms, end_ms, any_atom, keep) if k]
+
+
+class Miner:
+    """Mining over one warehouse. Keeps decoded hour indexes in memory, keyed by version."""
+
+    def __init__(self, warehouse: Warehouse, taxonomy: Taxonomy, label_table: str = LABEL_TABLE) -> None:
+        self.warehouse = warehouse
+        self.taxonomy = taxonomy
+        self.label_table = label_table
+        self._cache: dict[int, tuple[int, HourIndex]] = {}
+
+    # -- the index ------------------------------------------------------------------------------
+    def hours(self, start_ms: int | None, end_ms: int | None) -> tuple[list[tuple[int, int, list[str]]], list[int]]:
+        """(sealed [(hour_ms, version, vehicles)], unsealed [hour_ms]) overlapping the range."""
+        if not self.has_table(INDEX_HOUR_TABLE):
+            return [], []
+        lo = 0 if start_ms is None else start_ms - start_ms % HOUR_MS
+        hi = 2**42 if end_ms is None else end_ms
+        rows = self.warehouse.query_rows(
+            f"SELECT toUnixTimestamp(hour) * 1000, version, sealed, vehicles FROM {INDEX_HOUR_TABLE} FINAL "
+            "WHERE hour >= toDateTime(intDiv({lo:Int64}, 1000), 'UTC') "
+            "AND hour < toDateTime(intDiv({hi:Int64}, 1000), 'UTC') ORDER BY hour", {"lo": lo, "hi": hi})
+        sealed = [(int(h), int(v), list(vs)) for h, v, s, vs in rows if s]
+        unsealed = [int(h) for h, _, s, _ in rows if not s]
+        return sealed, unsealed
+
+    def hour_index(self, hour_ms: int, version: int, vehicles: Sequence[str]) -> HourIndex:
+        cached = self._cache.get(hour_ms)
+        if cached and cached[0] == version:
+            return cached[1]
+        blobs = self.warehouse.query_rows(
+            f"SELECT key, base64Encode(bitmap) FROM {INDEX_BITMAP_TABLE} FINAL "
+            "WHERE hour = toDateTime(intDiv({h:Int64}, 1000), 'UTC') AND version = {v:UInt64}",
+            {"h": hour_ms, "v": version})
+        index = HourIndex.deserialize(hour_ms, vehicles, {k: base64.b64decode(b) for k, b in blobs})
+        self._cache[hour_ms] = (version, index)
+        return index
+
+    # -- requests -------------------------------------------------------------------------------
+    def plan(self, request: MineRequest) -> tuple[Expr, bool]:
+        expr = parse(request.expression, self.taxonomy)
+        return expr, indexable(expr)
+
+    def mine(self, request: MineRequest) -> MineResult:
+        """Clips of the request, at most `request.limit`, in (vehicle, start) order, with case ids."""
+        expr, use_index = self.plan(request)
+        if use_index:
+            clips = list(self._index_clips(expr, request, request.limit))
+        else:
+            clips = self._scan_clips(expr, request)
+        result = MineResult(str(expr), "index" if use_index else "scan", clips[: request.limit])
+        self._attach_cases(result.clips)
+        return result
+
+    def _scan_clips(self, expr: Expr, request: MineRequest) -> list[MinedClip]:
+        atoms = positive_atoms(expr)
+        compiled = compile_query(replace(request, output="clips"), self.taxonomy, self.label_table, tag_words=True)
+        out = []
+        for vehicle, start, end, matched, *words in self.warehouse.query_rows(compiled.sql, compiled.parameters):
+            tags = tuple(a.tag.name for a in atoms if (int(words[a.tag.word]) >> (a.tag.bit % 64)) & 1)
+            out.append(MinedClip(vehicle, int(start), int(end), int(matched), tags))
+        return out
+
+    def _tail_seconds(self, request: MineRequest, spans: list[tuple[int, int]], atoms: list[TagAtom]) -> _Seconds:
+        """Matching seconds of the unsealed spans, by scanning the label table."""
+        vehicles, stamps, flags = [], [], []
+        for lo, hi in spans:
+            start = lo if request.start_ms is None else max(lo, request.start_ms)
+            end = hi if request.end_ms is None else min(hi, request.end_ms)
+            if start >= end:
+                continue
+            sub = replace(request, start_ms=start, end_ms=end, output="seconds", merge_gap_s=0, min_clip_s=0,
+                          limit=MAX_LIMIT)
+            compiled = compile_query(sub, self.taxonomy, self.label_table, tag_words=True)
+            for vehicle, ts, *words in self.warehouse.query_rows(compiled.sql, compiled.parameters):
+                vehicles.append(vehicle)
+                stamps.append(int(ts))
+                flags.append([bool((int(words[a.tag.word]) >> (a.tag.bit % 64)) & 1) for a in atoms])
+        return _Seconds(np.array(vehicles, dtype=object), np.array(stamps, np.int64),
+                        np.array(flags, bool).reshape(len(stamps), len(atoms)))
+
+    def matched_hours(self, expr: Expr, request: MineRequest) -> tuple[list[tuple[HourIndex, BitMap]], list[tuple[int, int]]]:
+        """Per sealed hour its matching ids; and the unsealed spans [lo, hi) to scan."""
+        sealed, unsealed = self.hours(request.start_ms, request.end_ms)
+        matched = []
+        for hour_ms, version, vehicles in sealed:
+            index = self.hour_index(hour_ms, version, vehicles)
+            ids = evaluate(expr, index)
+            allowed = scope(index, request.start_ms, request.end_ms, request.vehicle_ids, request.parks)
+            if allowed is not None:
+                ids = ids & allowed
+            if ids:
+                matched.append((index, ids))
+        spans: list[tuple[int, int]] = []
+        for hour_ms in unsealed:
+            if spans and spans[-1][1] == hour_ms:
+                spans[-1] = (spans[-1][0], hour_ms + HOUR_MS)
+            else:
+                spans.append((hour_ms, hour_ms + HOUR_MS))
+        return matched, spans
+
+    def _index_clips(self, expr: Expr, request: MineRequest, limit: int) -> Iterator[MinedClip]:
+        atoms = positive_atoms(expr)
+        matched, spans = self.matched_hours(expr, request)
+        tail = self._tail_seconds(request, spans, atoms)
+        names = sorted(set(tail.vehicle.tolist()).union(*(index.vehicles for index, _ in matched)))
+        found = 0
+        lo, size = 0, FIRST_BATCH_VEHICLES
+        while lo < len(names) and found < limit:
+            first, last = names[lo], names[min(lo + size, len(names)) - 1]
+            seconds = self._batch_seconds(matched, tail, atoms, first, last)
+            for clip in merge_clips(seconds, request.merge_gap_s, request.min_clip_s, atoms):
+                yield clip
+                found += 1
+            lo, size = lo + size, size * 2
+
+    @staticmethod
+    def _batch_seconds(matched: list[tuple[HourIndex, BitMap]], tail: _Seconds, atoms: list[TagAtom],
+                       first: str, last: str) -> _Seconds:
+        """The matching seconds of vehicles in [first, last], sorted by (vehicle, ts)."""
+        vehicles, stamps, flags = [], [], []
+        for index, ids in matched:
+            lo_no = int(np.searchsorted(index.vehicles, first, side="left"))
+            hi_no = int(np.searchsorted(index.vehicles, last, side="right"))
+            if hi_no <= lo_no:
+                continue
+            lo_rank = ids.rank(lo_no * 3600 - 1) if lo_no else 0
+            block = ids[lo_rank: ids.rank(hi_no * 3600 - 1)]
+            if not block:
+                continue
+            block_ids = ids_of(block)
+            nos, ts = index.seconds_of(block_ids)
+            vehicles.append(np.asarray(index.vehicles, dtype=object)[nos])
+            stamps.append(ts)
+            cols = [np.isin(block_ids, ids_of(block & index.bitmap(f"t{a.tag.bit}")), assume_unique=True)
+                    for a in atoms]
+            flags.append(np.stack(cols, axis=1) if cols else np.zeros((block_ids.size, 0), bool))
+        keep = (tail.vehicle >= first) & (tail.vehicle <= last) if tail.vehicle.size else np.zeros(0, bool)
+        vehicles.append(tail.vehicle[keep])
+        stamps.append(tail.ts_ms[keep])
+        flags.append(tail.atoms[keep])
+        vehicle = np.concatenate(vehicles)
+        ts_ms = np.concatenate(stamps)
+        order = np.lexsort((ts_ms, vehicle.astype(str))) if vehicle.size else np.zeros(0, np.int64)
+        return _Seconds(vehicle[order], ts_ms[order], np.concatenate(flags)[order])
+
+    def count(self, request: MineRequest) -> dict[str, float]:
+        """seconds, clips and vehicles of the request (no limit), and km driven in those seconds."""
+        expr, use_index = self.plan(request)
+        unlimited = replace(request, limit=MAX_LIMIT)
+        if use_index:
+            clips = list(self._index_clips(expr, unlimited, limit=2**62))
+        else:
+            clips = self._scan_clips(expr, unlimited)
+        return {"expression": str(expr), "seconds": sum(c.matched_seconds for c in clips), "clips": len(clips),
+                "vehicles": len({c.vehicle_id for c in clips}), "km": self.km(expr, request)}
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.warehouse.query_rows(
+            "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {n:String}",
+            {"n": name})[0][0])
+
+    def _filters(self, request: MineRequest, params: dict) -> list[str]:
+        where = []
+        if request.start_ms is not None:
+            where.append("ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')")
+            params["start_ms"] = request.start_ms
+        if request.end_ms is not None:
+            where.append("ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')")
+            params["end_ms"] = request.end_ms
+        if request.vehicle_ids:
+            where.append("vehicle_id IN {vehicle_ids:Array(String)}")
+            params["vehicle_ids"] = list(request.vehicle_ids)
+        if request.parks:
+            where.append("park IN {parks:Array(String)}")
+            params["parks"] = list(request.parks)
+        return where
+
+    def km(self, expr: Expr | None, request: MineRequest) -> float:
+        """km driven in the matching seconds (dwd_vehicle_second.distance_m; 0 without that table)."""
+        if not self.has_table(VEHICLE_SECOND_TABLE):
+            return 0.0
+        explanation = explain(expr) if expr is not None else None
+        params: dict = dict(explanation.parameters) if explanation else {}
+        where = ([f"({explanation.where_sql})"] if explanation else []) + self._filters(request, params)
+        sql = (f"SELECT sum(d.distance_m) / 1000 FROM (SELECT vehicle_id, toDateTime(ts, 'UTC') AS ts "
+               f"FROM {self.label_table} FINAL WHERE {' AND '.join(where) or '1'}) AS l "
+               f"INNER JOIN (SELECT vehicle_id, ts, distance_m FROM {VEHICLE_SECOND_TABLE} FINAL) AS d "
+               "ON l.vehicle_id = d.vehicle_id AND l.ts = d.ts")
+        return float(self.warehouse.query_rows(sql, params)[0][0] or 0.0)
+
+    def distribution(self, expression: str, group_by: Sequence[str], request: MineRequest) -> list[dict]:
+        """Seconds and km per combination of `group_by` tag states within `expression` (may be empty)."""
+        expr = parse(expression, self.taxonomy) if expression.strip() else None
+        groups = []
+        for name in group_by:
+            atom = parse(name, self.taxonomy)
+            if not isinstance(atom, TagAtom):
+                raise QueryError(f"group_by entry {name!r} is not a boolean tag at 0", name, 0)
+            groups.append(atom)
+        params: dict = {}
+        where = []
+        if expr is not None:
+            explanation = explain(expr)
+            params.update(explanation.parameters)
+            where.append(f"({explanation.where_sql})")
+        where += self._filters(request, params)
+        states = [f"multiIf({explain(g).where_sql}, '{g.tag.name}', {explain(Not(g)).where_sql}, "
+                  f"'!{g.tag.name}', '?{g.tag.name}') AS g{i}" for i, g in enumerate(groups)]
+        keys = [f"g{i}" for i in range(len(groups))]
+        inner = (f"SELECT vehicle_id, toDateTime(ts, 'UTC') AS ts{''.join(', ' + s for s in states)} "
+                 f"FROM {self.label_table} FINAL WHERE {' AND '.join(where) or '1'}")
+        if self.has_table(VEHICLE_SECOND_TABLE):
+            source = (f"({inner}) AS l LEFT JOIN (SELECT vehicle_id, ts, distance_m FROM {VEHICLE_SECOND_TABLE} "
+                      "FINAL) AS d ON l.vehicle_id = d.vehicle_id AND l.ts = d.ts")
+            km = "sum(d.distance_m) / 1000"
+        else:
+            source, km = f"({inner}) AS l", "0"
+        group = f"GROUP BY {', '.join(keys)} " if keys else ""
+        sql = (f"SELECT {''.join(k + ', ' for k in keys)}count() AS seconds, {km} AS km FROM {source} "
+               f"{group}ORDER BY seconds DESC")
+        rows = self.warehouse.query_rows(sql, params)
+        total = sum(int(r[len(keys)]) for r in rows)
+        return [{"combination": list(r[:len(keys)]), "seconds": int(r[len(keys)]), "km": float(r[len(keys) + 1] or 0),
+                 "share": int(r[len(keys)]) / total if total else 0.0} for r in rows]
+
+    def explain(self, request: MineRequest) -> dict[str, str]:
+        expr, use_index = self.plan(request)
+        compiled = compile_query(request, self.taxonomy, self.label_table)
+        if use_index:
+            sealed, unsealed = self.hours(request.start_ms, request.end_ms)
+            plan = (f"bitmap index over {len(sealed)} sealed hour(s); scan of {len(unsealed)} unsealed hour(s); "
+                    "clips merged per vehicle in sorted batches")
+            bitmaps = algebra(expr)
+        else:
+            plan, bitmaps = "full scan of the label table (a numeric comparison has no bitmap)", ""
+        return {"expression": str(expr), "plan": plan, "bitmap_algebra": bitmaps, "sql": compiled.sql,
+                "parameters_json": json.dumps(compiled.parameters, sort_keys=True)}
+
+    def _attach_cases(self, clips: list[MinedClip]) -> None:
+        """Fill `case_ids` from the cases table (none when it does not exist yet)."""
+        if not clips or not self.has_table(CASES_TABLE):
+            return
+        rows = self.warehouse.query_rows(
+            f"SELECT DISTINCT case_id, vehicle_id, toUnixTimestamp64Milli(window_start), "
+            f"toUnixTimestamp64Milli(window_end) FROM {CASES_TABLE} WHERE vehicle_id IN {{v:Array(String)}} "
+            "AND window_end > fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+            "AND window_start < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+            {"v": sorted({c.vehicle_id for c in clips}), "lo": min(c.start_ms for c in clips),
+             "hi": max(c.end_ms for c in clips)})
+        by_vehicle: dict[str, list[tuple[str, int, int]]] = {}
+        for case_id, vehicle, start, end in rows:
+            by_vehicle.setdefault(vehicle, []).append((case_id, int(start), int(end)))
+        for clip in clips:
+            clip.case_ids = tuple(sorted(case for case, start, end in by_vehicle.get(clip.vehicle_id, ())
+                                         if start < clip.end_ms and end > clip.start_ms))
