@@ -95,12 +95,16 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
 def serve(service: str = typer.Argument(..., help="service name, e.g. heartbeat-ingest"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run one service in this process (cluster mode: URLs from the environment)."""
+    import dataclasses
+
     from fleetloop.bus import Bus, ensure_topics
-    from fleetloop.runtime import service_class
+    from fleetloop.runtime import SERVICES, service_class
     from fleetloop.warehouse import Warehouse
 
     _logging(verbose)
     settings = Settings.from_env()
+    if "FLEETLOOP_GRPC_PORT" not in os.environ and SERVICES.get(service, ("", 0))[1]:
+        settings = dataclasses.replace(settings, grpc_port=SERVICES[service][1])
     if "embedded" in (settings.kafka_bootstrap_servers, settings.redis_url):
         raise typer.BadParameter("serve needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (use `fleetloop up` locally)")
 
