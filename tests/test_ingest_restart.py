@@ -52,7 +52,19 @@ async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker,
     chdb_url = f"chdb://{tmp_path / 'warehouse'}"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker, "REDIS_URL": redis_url, "CLICKHOUSE_URL": chdb_url,
            "FLEETLOOP_GRPC_PORT": "0", "FLEETLOOP_CONSUMER_BATCH_MAX": "150", "FLEETLOOP_DATA_DIR": str(tmp_path)}
+    started: list[subprocess.Popen] = []
+    try:
+        await kill_mid_stream_and_restart(broker, env, total, chdb_url, started)
+    finally:
+        for proc in started:  # a failed assertion must not leave a service running
+            if proc.poll() is None:
+                proc.kill()
+
+
+async def kill_mid_stream_and_restart(broker: str, env: dict[str, str], total: int, chdb_url: str,
+                                      started: list[subprocess.Popen]) -> None:
     first = start_service(env)
+    started.append(first)
 
     async def some_progress() -> bool:
         assert first.poll() is None, first.stderr.read().decode()
@@ -65,6 +77,7 @@ async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker,
     assert done_at_kill < total, "the kill must land mid-stream"
 
     second = start_service(env)
+    started.append(second)
 
     async def all_committed() -> bool:
         assert second.poll() is None, second.stderr.read().decode()

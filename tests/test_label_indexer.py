@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
 from fleetloop.labels import LABEL_TABLE, label_second, load_taxonomy
-from fleetloop.query import parse, truth as truth_of
+from fleetloop.query import parse
+from fleetloop.query import truth as truth_of
 from fleetloop.query.index import HOUR_MS, HourIndex, evaluate, ids_of
 from fleetloop.sim import FleetSimulator, SimConfig
 from fleetloop.v1 import deadletter_pb2
@@ -235,7 +236,8 @@ async def test_bad_input_is_dead_lettered_and_good_seconds_flow(settings, wareho
     running = Running(settings, warehouse)
     async with running:
         await running.caught_up()
-    rows = warehouse.query_rows(f"SELECT vehicle_id, count(), countIf(bitTest(t1, {TX.tag('data.no_perception').bit - 64})) "
+    no_perception = TX.tag("data.no_perception").bit - 64
+    rows = warehouse.query_rows(f"SELECT vehicle_id, count(), countIf(bitTest(t1, {no_perception})) "
                                 f"FROM {LABEL_TABLE} FINAL GROUP BY vehicle_id")
     assert rows == [("veh-ok", 54, 54)]    # seconds 0..53: newest 59 s, minus 1 s, minus 5 s lateness
     with_pose = warehouse.query_rows(f"SELECT count() FROM {LABEL_TABLE} FINAL "

@@ -19,7 +19,7 @@ from services.label_indexer.service import INDEX_HOUR_TABLE, MIGRATIONS, store_h
 from services.miner.engine import Miner, positive_atoms
 from services.miner.service import MinerService
 from tests.conftest import truncate_owned_tables, wait_until
-from tests.test_query_chdb import NUMERIC, PARKS, TAGS, VEHICLES, random_expression
+from tests.test_query_chdb import PARKS, TAGS, VEHICLES, random_expression
 
 pytestmark = pytest.mark.integration
 

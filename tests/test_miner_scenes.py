@@ -130,7 +130,7 @@ async def test_clusters_and_curriculum_over_grpc(fleet, warehouse, settings):
     if created:
         warehouse.command("CREATE TABLE trigger_events (vehicle_id String, trigger String, category String, "
                           "onset DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY (vehicle_id, onset)")
-    warehouse.insert_rows("trigger_events", [(i.vehicle_id, i.kind, "info", i.start_ms / 1000)
+    warehouse.insert_rows("trigger_events", [(i.vehicle_id, i.kind, "info", i.start_ms)
                                              for i in sim.ground_truth.incidents if i.vehicle_id],
                           ["vehicle_id", "trigger", "category", "onset"])
     service = MinerService(settings, warehouse, bus=None)
@@ -141,8 +141,9 @@ async def test_clusters_and_curriculum_over_grpc(fleet, warehouse, settings):
         async with __import__("grpc").aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
             stub = miner_pb2_grpc.MinerServiceStub(channel)
             clusters = await stub.Clusters(miner_pb2.ClustersRequest(examples=3))
-            assert clusters.source == "trigger_events" and clusters.problems == 20
-            assert sum(s.size for s in clusters.scenes) == 20 and all(s.name for s in clusters.scenes)
+            injected = len({(i.vehicle_id, i.start_ms) for i in sim.ground_truth.incidents if i.vehicle_id})
+            assert clusters.source == "trigger_events" and clusters.problems == injected > 10
+            assert sum(s.size for s in clusters.scenes) == injected and all(s.name for s in clusters.scenes)
             mined = [s for s in clusters.scenes if s.expression]
             assert mined and all(s.similar_seconds > 0 and s.examples for s in mined)
             response = await stub.Curriculum(miner_pb2.CurriculumRequest(yaml=f"""

@@ -15,7 +15,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from fleetloop import topics
-from fleetloop.runtime import SERVICES
 
 from services.trigger_engine.service import GROUP_ID, PAYLOAD_BY_TOPIC
 from tests.conftest import wait_until
@@ -28,9 +27,7 @@ MATCH_SLACK_MS = 5_000
 
 
 def engine_command() -> list[str]:
-    if "trigger-engine" in SERVICES:
-        return [sys.executable, "-m", "fleetloop.cli", "serve", "trigger-engine"]
-    return [sys.executable, "-m", "services.trigger_engine"]
+    return [sys.executable, "-m", "fleetloop.cli", "serve", "trigger-engine"]
 
 
 def bad_messages() -> list[tuple[str, bytes, bytes, str]]:

@@ -18,6 +18,7 @@ the agents skip what they cannot use and count it.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -41,6 +42,9 @@ BATCH_WITHIN_S = 0.5
 # (its vehicles are quiet or it was revoked): it stops holding the watermark back. Six times the
 # offline threshold, so a lagging partition during catch-up is never mistaken for an idle one.
 IDLE_SOURCE_MS = 60_000
+# Reorder window of the parks agent (see FleetMonitoring._reorder): twice the largest disorder seen.
+# A park stall needs 4 vehicles stopped a minute each within 5 minutes, so 2 minutes late is still useful.
+PARK_REORDER_MS = 120_000
 
 
 def wall_ms() -> int:
@@ -84,12 +88,17 @@ class FleetMonitoring:
         self.park_records = 0      # taken by the parks agent
         config = load_monitor_config()
         self.vehicle_monitor = FleetMonitor(config, clock, parks=False, external_watermark=True)
-        self.park_monitor = FleetMonitor(config, clock, vehicles=False, external_watermark=True)
-        lateness = config.clock.allowed_lateness_ms
-        self.vehicle_sources = SourceWatermarks(lateness, IDLE_SOURCE_MS)
-        self.park_sources = SourceWatermarks(lateness, IDLE_SOURCE_MS)
+        # The park topic is written in event-time order (see `vehicles`), so its own clock is sound.
+        self.park_monitor = FleetMonitor(config, clock, vehicles=False)
+        self.vehicle_sources = SourceWatermarks(config.clock.allowed_lateness_ms, IDLE_SOURCE_MS)
         self._seen_vehicles: set[str] = set()
         self._seen_parks: set[str] = set()
+        # (event ms, park, envelope bytes) waiting for the watermark. Not checkpointed: after a crash
+        # the parks agent misses at most the last lateness window of heartbeats, a stall still shows.
+        self._park_pending: list[tuple[int, str, bytes]] = []
+        self._park_reorder: list[tuple[int, int, common_pb2.Envelope]] = []
+        self._park_newest_ms = 0
+        self._park_seq = 0
         app = faust.App(
             "heartbeat-ingest-monitors", broker=f"kafka://{settings.kafka_bootstrap_servers}", store="memory://",
             key_serializer="raw", value_serializer="raw", web_enabled=False, producer_acks=-1,
@@ -111,17 +120,25 @@ class FleetMonitoring:
                 alerts, forwards = self._on_vehicle_batch(batch)
                 await self.checkpoints.save("vehicle", {vid: self.vehicle_monitor.vehicles.export_vehicle(vid)
                                                         for vid in self.vehicle_monitor.vehicles.pop_dirty()})
-                for park, value in forwards:
-                    await park_topic.send(key=park.encode(), value=value)
+                # Source partitions catch up at different paces, so forwards wait in an event-time heap
+                # until this agent's watermark passes them: the park topic then reads in time order.
+                for item in forwards:
+                    heapq.heappush(self._park_pending, item)
+                watermark = self.vehicle_monitor.watermark_ms or 0
+                while self._park_pending and self._park_pending[0][0] <= watermark:
+                    _, park, value = heapq.heappop(self._park_pending)
+                    # force: send now, in this order; faust would otherwise attach each message to its
+                    # source offset and publish at that offset's commit, regrouped by source partition.
+                    await park_topic.send(key=park.encode(), value=value, force=True)
+                    self.forwarded += 1
                 await self._emit(alerts)
                 self.vehicle_records += len(batch)
-                self.forwarded += len(forwards)
 
         @app.agent(park_topic)
         async def parks(stream):
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 await self._restore_parks(batch)
-                await self._emit(self._on_park_batch(batch))
+                await self._emit(self._on_park_batch(self._reorder(batch)))
                 await self.checkpoints.save("park", {park: self.park_monitor.parks.export_park(park)
                                                      for park in self.park_monitor.parks.pop_dirty()})
                 self.park_records += len(batch)
@@ -147,6 +164,24 @@ class FleetMonitoring:
             for park, saved in (await self.checkpoints.load("park", new)).items():
                 self.park_monitor.parks.import_park(park, saved)
 
+    def _reorder(self, batch: list) -> list[common_pb2.Envelope]:
+        """Release the park topic's messages in event-time order, PARK_REORDER_MS behind the newest.
+
+        The vehicles agent sends them in order, yet they were seen landing up to a minute of event
+        time out of order on the topic (faust's producer path), and a park's stall count needs
+        its vehicles' heartbeats in time order.
+        """
+        for event in batch:
+            env = self._decode(event.value)
+            if env is not None:
+                self._park_newest_ms = max(self._park_newest_ms, env.event_time_ms)
+                heapq.heappush(self._park_reorder, (env.event_time_ms, self._park_seq, env))
+                self._park_seq += 1
+        released = []
+        while self._park_reorder and self._park_reorder[0][0] <= self._park_newest_ms - PARK_REORDER_MS:
+            released.append(heapq.heappop(self._park_reorder)[2])
+        return released
+
     def _caught_up(self, event) -> bool:
         """Whether this event's partition has nothing more to read right now (fetch high watermark)."""
         highwater = self.app.consumer.highwater(event.message.tp)
@@ -161,7 +196,7 @@ class FleetMonitoring:
             return None
         return env
 
-    def _on_vehicle_batch(self, batch: list) -> tuple[list[alerts_pb2.Alert], list[tuple[str, bytes]]]:
+    def _on_vehicle_batch(self, batch: list) -> tuple[list[alerts_pb2.Alert], list[tuple[int, str, bytes]]]:
         monitor, alerts, forwards = self.vehicle_monitor, [], []
         live_ms = wall_ms() if self.clock is ClockMode.LIVE else None
         for event in batch:
@@ -180,28 +215,20 @@ class FleetMonitoring:
             scope = monitor.vehicle_scope(vid)
             kind = env.WhichOneof("payload")
             if scope and (kind == "heartbeat" or env.event.kind == common_pb2.EVENT_KIND_ERROR_CODE):
-                forwards.append((scope[0], value))
+                forwards.append((env.event_time_ms, scope[0], value))
         watermark = self.vehicle_sources.watermark_ms()
         if watermark is not None:
             alerts += monitor.advance(watermark)
         return alerts, forwards
 
-    def _on_park_batch(self, batch: list) -> list[alerts_pb2.Alert]:
+    def _on_park_batch(self, envelopes: list[common_pb2.Envelope]) -> list[alerts_pb2.Alert]:
         monitor, alerts = self.park_monitor, []
         live_ms = wall_ms() if self.clock is ClockMode.LIVE else None
-        for event in batch:
-            env = self._decode(event.value)
-            if env is None:
-                continue
-            if env.HasField("heartbeat"):
-                self.park_sources.observe(event.message.partition, env.event_time_ms, self._caught_up(event))
+        for env in envelopes:
             try:
                 alerts += monitor.on_envelope(env, live_ms)
             except MonitorInputError:
                 self.skipped += 1
-        watermark = self.park_sources.watermark_ms()
-        if watermark is not None:
-            alerts += monitor.advance(watermark)
         return alerts
 
     async def _emit(self, alerts: list[alerts_pb2.Alert]) -> None:

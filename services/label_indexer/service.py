@@ -69,6 +69,7 @@ class HoldbackConsumer(BatchConsumer):
         self.held = held
         self.ahead = ahead
         self.lagging: set[Position] = set()
+        self._committed: dict = {}
 
     async def _lagging(self) -> set[Position]:
         """Assigned partitions with records not yet handed to the handler (or not yet fetched)."""
@@ -90,11 +91,19 @@ class HoldbackConsumer(BatchConsumer):
         if refusals:
             await self.bus.dead_letter(refusals, self.service)
             self.refused += len(refusals)
+        # Every assigned partition, not only those in this batch: a second that was pending
+        # may have been emitted thanks to records of other partitions.
         held = self.held()
-        offsets = {tp: min(batch[-1].offset + 1, held.get((tp.topic, tp.partition), batch[-1].offset + 1))
-                   for tp, batch in polled.items()}
+        offsets = {}
+        for tp in self._consumer.assignment():
+            position = await self._consumer.position(tp)
+            offset = min(position, held.get((tp.topic, tp.partition), position))
+            if self._committed.get(tp) != offset:
+                offsets[tp] = offset
         try:
-            await self._consumer.commit(offsets)
+            if offsets:
+                await self._consumer.commit(offsets)
+                self._committed.update(offsets)
         except CommitFailedError:
             log.warning("%s: commit failed after rebalance; records will be replayed", self.service)
         self.records_done += len(records)
@@ -117,19 +126,19 @@ class LabelIndexer:
         self.bus = bus
         self.taxonomy = taxonomy or load_taxonomy()
         config = yaml.safe_load(CONFIG.read_text())
-        self.joiner = SecondJoiner(lateness_ms=int(config["lateness_s"] * 1000), retain_ms=int(config["retain_s"] * 1000),
-                                   align_ms=int(config["align_s"] * 1000))
+        self.joiner = SecondJoiner(lateness_ms=int(config["lateness_s"] * 1000),
+                                   retain_ms=int(config["retain_s"] * 1000), align_ms=int(config["align_s"] * 1000))
         self.seal_after_ms = int(config["seal_after_s"] * 1000)
         self.unsealed_hours: set[int] = set()
         self.rows_written = 0
         self.consumer = HoldbackConsumer(
-            held=self.joiner.held_offsets, ahead=self.joiner.ahead, bootstrap=settings.kafka_bootstrap_servers, group_id=GROUP_ID,
+            held=self.joiner.held_offsets, ahead=self.joiner.ahead,
+            bootstrap=settings.kafka_bootstrap_servers, group_id=GROUP_ID,
             topic_names=list(PAYLOAD_BY_TOPIC), handler=self.handle, bus=bus, service=NAME,
             batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
         )
         self.grpc_port = 0
-        bits = {kind: self.taxonomy.tag(name).bit for kind, name in _DATA_TAGS.items()}
-        self._data_bits = bits
+        self._data_bits = {kind: self.taxonomy.tag(name).bit for kind, name in _DATA_TAGS.items()}
 
     def migrate(self) -> None:
         self.warehouse.migrate("label_indexer", MIGRATIONS)
@@ -184,7 +193,8 @@ class LabelIndexer:
         stored = self.warehouse.query_rows(
             f"SELECT vehicle_id, toUnixTimestamp64Milli(ts), {', '.join(f't{w}' for w in words)} "
             f"FROM {LABEL_TABLE} FINAL WHERE vehicle_id IN {{v:Array(String)}} "
-            "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+            "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+            "AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
             {"v": vehicles, "lo": lo, "hi": hi})
         stored_parts: dict[tuple[str, int], set[str]] = {}
         for vehicle, ts, *word_values in stored:
@@ -218,7 +228,8 @@ class LabelIndexer:
             f"SELECT vehicle_id, toUnixTimestamp64Milli(ts) AS ts_ms, park, "
             f"{', '.join(f't{w}' for w in words)}, {', '.join(f'k{w}' for w in words)} "
             f"FROM {LABEL_TABLE} FINAL WHERE ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC') "
-            "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')", {"lo": hour_ms, "hi": hour_ms + HOUR_MS})
+            "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+            {"lo": hour_ms, "hi": hour_ms + HOUR_MS})
         index = build_hour_index(
             hour_ms, table.column("vehicle_id").to_pylist(), table.column("ts_ms").to_numpy(),
             np.stack([table.column(f"t{w}").to_numpy() for w in words], axis=1).astype(np.uint64),

@@ -19,14 +19,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from pyroaring import BitMap
-
 from fleetloop.labels import LABEL_TABLE, Taxonomy
 from fleetloop.query import MineRequest, QueryError, compile_query, explain, parse
 from fleetloop.query.ast import And, Expr, Not, Or, TagAtom
 from fleetloop.query.compiler import MAX_LIMIT
 from fleetloop.query.index import HOUR_MS, HourIndex, evaluate, ids_of, indexable, scope
 from fleetloop.warehouse import Warehouse
+from pyroaring import BitMap
 
 INDEX_HOUR_TABLE = "dwd_label_index_hour"
 INDEX_BITMAP_TABLE = "dwd_label_index_bitmap"
@@ -54,11 +53,12 @@ class MineResult:
 
 @dataclass
 class _Seconds:
-    """Matching seconds of some vehicles: vehicle names, ts and per positive atom a TRUE flag."""
+    """Matching seconds: vehicle codes (positions in a sorted name list), ts, and per checked
+    positive atom whether it is TRUE in the second."""
 
-    vehicle: np.ndarray      # object array of str
+    code: np.ndarray         # int64
     ts_ms: np.ndarray        # int64
-    atoms: np.ndarray        # bool (n, n_atoms)
+    atoms: np.ndarray        # bool (n, n_checked)
 
 
 def positive_atoms(expr: Expr, negated: bool = False) -> list[TagAtom]:
@@ -76,6 +76,15 @@ def positive_atoms(expr: Expr, negated: bool = False) -> list[TagAtom]:
     return []
 
 
+def always_true_atoms(expr: Expr) -> set[str]:
+    """Tags TRUE in every matching second: the expression itself or its top-level positive conjuncts."""
+    if isinstance(expr, TagAtom):
+        return {expr.tag.name}
+    if isinstance(expr, And):
+        return {o.tag.name for o in expr.operands if isinstance(o, TagAtom)}
+    return set()
+
+
 def algebra(expr: Expr, want_true: bool = True) -> str:
     """The bitmap algebra the index evaluates, e.g. `t2 ∩ (k64 − t64)`."""
     if isinstance(expr, TagAtom):
@@ -88,21 +97,31 @@ def algebra(expr: Expr, want_true: bool = True) -> str:
     return "(" + joiner.join(algebra(o, want_true) for o in expr.operands) + ")"
 
 
-def merge_clips(seconds: _Seconds, merge_gap_s: int, min_clip_s: int, atoms: Sequence[TagAtom]) -> list[MinedClip]:
-    """Clips from seconds sorted by (vehicle, ts): the rule of `fleetloop.query.build_clips`."""
+def merge_clips(seconds: _Seconds, names: Sequence[str], merge_gap_s: int, min_clip_s: int,
+                atoms: Sequence[TagAtom], always: set[str]) -> list[MinedClip]:
+    """Clips from seconds sorted by (vehicle, ts): the rule of `fleetloop.query.build_clips`.
+
+    atoms: the positive atoms; those in `always` hold in every second, the others are the
+    columns of `seconds.atoms` in order.
+    """
     n = seconds.ts_ms.size
     if n == 0:
         return []
-    vehicle, ts = seconds.vehicle, seconds.ts_ms
-    new_vehicle = np.r_[True, vehicle[1:] != vehicle[:-1]]
-    starts = np.flatnonzero(new_vehicle | np.r_[True, np.diff(ts) > 1000 * (1 + merge_gap_s)])
+    code, ts = seconds.code, seconds.ts_ms
+    breaks = np.r_[True, (code[1:] != code[:-1]) | (np.diff(ts) > 1000 * (1 + merge_gap_s))]
+    starts = np.flatnonzero(breaks)
     ends = np.r_[starts[1:], n]
     start_ms, end_ms = ts[starts], ts[ends - 1] + 1000
-    keep = end_ms - start_ms >= 1000 * min_clip_s
-    any_atom = np.logical_or.reduceat(seconds.atoms, starts, axis=0) if atoms else np.zeros((starts.size, 0), bool)
-    names = [a.tag.name for a in atoms]
-    return [MinedClip(str(vehicle[s]), int(a), int(b), int(e - s), tuple(nm for nm, hit in zip(names, row) if hit))
-            for s, e, a, b, row, k in zip(starts, ends, start_ms, end_ms, any_atom, keep) if k]
+    keep = np.flatnonzero(end_ms - start_ms >= 1000 * min_clip_s)
+    checked = [a for a in atoms if a.tag.name not in always]
+    hits = np.logical_or.reduceat(seconds.atoms, starts, axis=0) if checked else np.zeros((starts.size, 0), bool)
+    out = []
+    for i in keep.tolist():
+        hit = dict(zip((a.tag.name for a in checked), hits[i].tolist(), strict=True))
+        tags = tuple(a.tag.name for a in atoms if a.tag.name in always or hit[a.tag.name])
+        out.append(MinedClip(names[code[starts[i]]], int(start_ms[i]), int(end_ms[i]),
+                             int(ends[i] - starts[i]), tags))
+    return out
 
 
 class Miner:
@@ -166,8 +185,9 @@ class Miner:
             out.append(MinedClip(vehicle, int(start), int(end), int(matched), tags))
         return out
 
-    def _tail_seconds(self, request: MineRequest, spans: list[tuple[int, int]], atoms: list[TagAtom]) -> _Seconds:
-        """Matching seconds of the unsealed spans, by scanning the label table."""
+    def _tail_seconds(self, request: MineRequest, spans: list[tuple[int, int]],
+                      atoms: list[TagAtom]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Matching seconds of the unsealed spans, by scanning: (vehicle names, ts_ms, atom flags)."""
         vehicles, stamps, flags = [], [], []
         for lo, hi in spans:
             start = lo if request.start_ms is None else max(lo, request.start_ms)
@@ -181,10 +201,11 @@ class Miner:
                 vehicles.append(vehicle)
                 stamps.append(int(ts))
                 flags.append([bool((int(words[a.tag.word]) >> (a.tag.bit % 64)) & 1) for a in atoms])
-        return _Seconds(np.array(vehicles, dtype=object), np.array(stamps, np.int64),
-                        np.array(flags, bool).reshape(len(stamps), len(atoms)))
+        return (np.array(vehicles, dtype=object), np.array(stamps, np.int64),
+                np.array(flags, bool).reshape(len(stamps), len(atoms)))
 
-    def matched_hours(self, expr: Expr, request: MineRequest) -> tuple[list[tuple[HourIndex, BitMap]], list[tuple[int, int]]]:
+    def matched_hours(self, expr: Expr,
+                      request: MineRequest) -> tuple[list[tuple[HourIndex, BitMap]], list[tuple[int, int]]]:
         """Per sealed hour its matching ids; and the unsealed spans [lo, hi) to scan."""
         sealed, unsealed = self.hours(request.start_ms, request.end_ms)
         matched = []
@@ -206,27 +227,32 @@ class Miner:
 
     def _index_clips(self, expr: Expr, request: MineRequest, limit: int) -> Iterator[MinedClip]:
         atoms = positive_atoms(expr)
+        always = always_true_atoms(expr)
+        checked = [a for a in atoms if a.tag.name not in always]
         matched, spans = self.matched_hours(expr, request)
-        tail = self._tail_seconds(request, spans, atoms)
-        names = sorted(set(tail.vehicle.tolist()).union(*(index.vehicles for index, _ in matched)))
+        tail_vehicle, tail_ts, tail_flags = self._tail_seconds(request, spans, checked)
+        names = sorted(set(tail_vehicle.tolist()).union(*(index.vehicles for index, _ in matched)))
+        name_arr = np.array(names, dtype=object)
+        hour_codes = [np.searchsorted(name_arr, np.array(index.vehicles, dtype=object)) for index, _ in matched]
+        tail = _Seconds(np.searchsorted(name_arr, tail_vehicle).astype(np.int64), tail_ts, tail_flags)
         found = 0
         lo, size = 0, FIRST_BATCH_VEHICLES
         while lo < len(names) and found < limit:
-            first, last = names[lo], names[min(lo + size, len(names)) - 1]
-            seconds = self._batch_seconds(matched, tail, atoms, first, last)
-            for clip in merge_clips(seconds, request.merge_gap_s, request.min_clip_s, atoms):
+            hi = min(lo + size, len(names))
+            seconds = self._batch_seconds(matched, hour_codes, tail, checked, lo, hi)
+            for clip in merge_clips(seconds, names, request.merge_gap_s, request.min_clip_s, atoms, always):
                 yield clip
                 found += 1
-            lo, size = lo + size, size * 2
+            lo, size = hi, size * 2
 
     @staticmethod
-    def _batch_seconds(matched: list[tuple[HourIndex, BitMap]], tail: _Seconds, atoms: list[TagAtom],
-                       first: str, last: str) -> _Seconds:
-        """The matching seconds of vehicles in [first, last], sorted by (vehicle, ts)."""
-        vehicles, stamps, flags = [], [], []
-        for index, ids in matched:
-            lo_no = int(np.searchsorted(index.vehicles, first, side="left"))
-            hi_no = int(np.searchsorted(index.vehicles, last, side="right"))
+    def _batch_seconds(matched: list[tuple[HourIndex, BitMap]], hour_codes: list[np.ndarray], tail: _Seconds,
+                       checked: list[TagAtom], lo: int, hi: int) -> _Seconds:
+        """The matching seconds of vehicles with codes in [lo, hi), sorted by (vehicle, ts)."""
+        codes, stamps, flags = [], [], []
+        for (index, ids), hour_code in zip(matched, hour_codes, strict=True):
+            lo_no = int(np.searchsorted(hour_code, lo, side="left"))
+            hi_no = int(np.searchsorted(hour_code, hi, side="left"))
             if hi_no <= lo_no:
                 continue
             lo_rank = ids.rank(lo_no * 3600 - 1) if lo_no else 0
@@ -235,19 +261,20 @@ class Miner:
                 continue
             block_ids = ids_of(block)
             nos, ts = index.seconds_of(block_ids)
-            vehicles.append(np.asarray(index.vehicles, dtype=object)[nos])
+            codes.append(hour_code[nos])
             stamps.append(ts)
             cols = [np.isin(block_ids, ids_of(block & index.bitmap(f"t{a.tag.bit}")), assume_unique=True)
-                    for a in atoms]
+                    for a in checked]
             flags.append(np.stack(cols, axis=1) if cols else np.zeros((block_ids.size, 0), bool))
-        keep = (tail.vehicle >= first) & (tail.vehicle <= last) if tail.vehicle.size else np.zeros(0, bool)
-        vehicles.append(tail.vehicle[keep])
+        keep = (tail.code >= lo) & (tail.code < hi)
+        codes.append(tail.code[keep])
         stamps.append(tail.ts_ms[keep])
         flags.append(tail.atoms[keep])
-        vehicle = np.concatenate(vehicles)
-        ts_ms = np.concatenate(stamps)
-        order = np.lexsort((ts_ms, vehicle.astype(str))) if vehicle.size else np.zeros(0, np.int64)
-        return _Seconds(vehicle[order], ts_ms[order], np.concatenate(flags)[order])
+        code = np.concatenate(codes)
+        # Hours come in time order and each is sorted by (vehicle, ts); the tail is sorted too,
+        # but it may interleave with the hours, so sort by the combined key.
+        order = np.argsort(code * (1 << 42) + np.concatenate(stamps), kind="stable")
+        return _Seconds(code[order], np.concatenate(stamps)[order], np.concatenate(flags)[order])
 
     def count(self, request: MineRequest) -> dict[str, float]:
         """seconds, clips and vehicles of the request (no limit), and km driven in those seconds."""

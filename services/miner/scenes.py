@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import yaml
+from fleetloop.labels import Taxonomy
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
-
-from fleetloop.labels import Taxonomy
 
 CONFIG = Path(__file__).with_name("miner.yaml")
 

@@ -27,7 +27,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from fleetloop.labels.taxonomy import WORD_BITS
-from fleetloop.query.ast import And, Compare, Expr, Not, Or, TagAtom
+from fleetloop.query.ast import And, Compare, Expr, Not, TagAtom
 
 HOUR_MS = 3_600_000
 SECONDS_PER_HOUR = 3600
@@ -98,7 +98,8 @@ def build_hour_index(hour_ms: int, vehicle_ids: Sequence[str], ts_ms: np.ndarray
             present = int(np.bitwise_or.reduce(column)) if column.size else 0
             for b in range(WORD_BITS):
                 if (present >> b) & 1:
-                    bitmaps[f"{prefix}{w * WORD_BITS + b}"] = bitmap_of(ids[(column >> np.uint64(b)) & np.uint64(1) == 1])
+                    hit = (column >> np.uint64(b)) & np.uint64(1) == 1
+                    bitmaps[f"{prefix}{w * WORD_BITS + b}"] = bitmap_of(ids[hit])
     for park in np.unique(park_arr) if park_arr.size else ():
         bitmaps[f"p:{park}"] = bitmap_of(ids[park_arr == park])
     return HourIndex(hour_ms, tuple(str(v) for v in vehicles), bitmaps)
@@ -150,17 +151,3 @@ def scope(index: HourIndex, start_ms: int | None, end_ms: int | None, vehicle_id
     if not constraints:
         return None
     return BitMap.intersection(*constraints) if len(constraints) > 1 else constraints[0]
-
-
-def vehicle_block(index: HourIndex, first: str, last: str, matched: BitMap) -> np.ndarray:
-    """Ids of `matched` whose vehicle lies in [first, last] (names; the hour's list is sorted)."""
-    lo_no = int(np.searchsorted(index.vehicles, first, side="left"))
-    hi_no = int(np.searchsorted(index.vehicles, last, side="right"))
-    if hi_no <= lo_no or not matched:
-        return np.zeros(0, np.uint32)
-    lo_id, hi_id = lo_no * SECONDS_PER_HOUR, hi_no * SECONDS_PER_HOUR
-    start = matched.rank(lo_id - 1) if lo_id > 0 else 0
-    stop = matched.rank(hi_id - 1)
-    if stop <= start:
-        return np.zeros(0, np.uint32)
-    return ids_of(matched[start:stop])

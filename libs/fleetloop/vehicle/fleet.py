@@ -7,13 +7,13 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
 from fleetloop import topics
 from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
 from fleetloop.config import Settings
+from fleetloop.feed import FleetSecond
 from fleetloop.v1 import common_pb2, uploads_pb2
 from fleetloop.vehicle.objectstore import open_store
 from fleetloop.vehicle.params import VehicleParams, load_params
@@ -24,11 +24,6 @@ log = logging.getLogger(__name__)
 
 NAME = "fleet-vehicles"
 GROUP_ID = "fleet-vehicles"
-
-
-class FleetSecond(Protocol):
-    t_ms: int
-    messages: list[tuple[str, common_pb2.Envelope]]
 
 
 @dataclass

@@ -1,0 +1,207 @@
+"""`fleetloop mine …`: the MinerService from the terminal.
+
+`mine` (the top-level `fleetloop mine "rain & night"`) prints the clips as a table; `app` holds
+the other commands (count, explain, tags, distribution, clusters, curriculum, export). The
+miner's address comes from FLEETLOOP_MINER_GRPC, else `.fleetloop/endpoints.json` key MINER_GRPC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import grpc
+import typer
+
+from fleetloop.config import Settings
+
+app = typer.Typer(help="Mine the fleet's per-second labels (MinerService)", no_args_is_help=True)
+
+ENV = "FLEETLOOP_MINER_GRPC"
+ENDPOINT_KEY = "MINER_GRPC"
+
+
+def _address() -> str:
+    if os.environ.get(ENV):
+        return os.environ[ENV]
+    path = Settings.from_env().data_dir / "endpoints.json"
+    if path.exists() and ENDPOINT_KEY in json.loads(path.read_text()):
+        return json.loads(path.read_text())[ENDPOINT_KEY]
+    raise typer.BadParameter(f"set {ENV} or start `fleetloop up` first")
+
+
+def _stub():
+    from fleetloop.v1 import miner_pb2_grpc
+
+    return miner_pb2_grpc.MinerServiceStub(grpc.insecure_channel(_address()))
+
+
+def _fail(err: grpc.RpcError) -> typer.Exit:
+    typer.echo(f"error: {err.details()}", err=True)
+    return typer.Exit(2)
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
+
+
+def _request(expression: str, start_ms: int, end_ms: int, vehicle: list[str] | None, park: list[str] | None,
+             merge_gap_s: int, min_clip_s: int, limit: int):
+    from fleetloop.v1 import miner_pb2
+
+    return miner_pb2.MineRequest(expression=expression, start_ms=start_ms, end_ms=end_ms,
+                                 vehicle_ids=vehicle or [], parks=park or [], merge_gap_s=merge_gap_s,
+                                 min_clip_s=min_clip_s, limit=limit)
+
+
+EXPRESSION = typer.Argument(..., help='e.g. "rain & night & junction.signalized & tricycle & !manual"')
+START = typer.Option(0, help="epoch ms UTC, inclusive (0 = open)")
+END = typer.Option(0, help="epoch ms UTC, exclusive (0 = open)")
+VEHICLE = typer.Option(None, "--vehicle", help="restrict to this vehicle (repeatable)")
+PARK = typer.Option(None, "--park", help="restrict to this park (repeatable)")
+GAP = typer.Option(0, help="merge clips separated by at most this many seconds")
+MIN_CLIP = typer.Option(0, help="drop clips shorter than this many seconds")
+
+
+def mine(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END, vehicle: list[str] = VEHICLE,
+         park: list[str] = PARK, merge_gap_s: int = GAP, min_clip_s: int = MIN_CLIP,
+         limit: int = typer.Option(50, help="clips to print")) -> None:
+    """Print the clips matching EXPRESSION as a table."""
+    from fleetloop.report import table
+
+    try:
+        chunks = list(_stub().Mine(_request(expression, start_ms, end_ms, vehicle, park, merge_gap_s, min_clip_s,
+                                            limit)))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    clips = [c for chunk in chunks for c in chunk.clips]
+    typer.echo(f"{chunks[0].expression}  ({chunks[0].plan}; {len(clips)} clip(s) shown)")
+    typer.echo(table(["vehicle", "start (UTC)", "end (UTC)", "s", "matched tags", "cases"],
+                     [[c.vehicle_id, _utc(c.start_ms), _utc(c.end_ms), c.matched_seconds,
+                       " ".join(c.matched_tags), " ".join(c.case_ids)] for c in clips]))
+
+
+app.command("clips")(mine)
+
+
+@app.command()
+def count(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END, vehicle: list[str] = VEHICLE,
+          park: list[str] = PARK, merge_gap_s: int = GAP, min_clip_s: int = MIN_CLIP) -> None:
+    """Matching seconds, clips, vehicles and km."""
+    try:
+        r = _stub().Count(_request(expression, start_ms, end_ms, vehicle, park, merge_gap_s, min_clip_s, 0))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    typer.echo(f"{r.expression}: {r.seconds:,} s ({r.seconds / 3600:,.1f} h) in {r.clips:,} clip(s) of "
+               f"{r.vehicles:,} vehicle(s), {r.km:,.1f} km")
+
+
+@app.command("explain")
+def explain_command(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END) -> None:
+    """The normalised expression, the plan, the bitmap algebra and the scan SQL."""
+    try:
+        r = _stub().Explain(_request(expression, start_ms, end_ms, None, None, 0, 0, 0))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    typer.echo(f"expression: {r.expression}\nplan:       {r.plan}\nbitmaps:    {r.bitmap_algebra or '-'}\n"
+               f"sql:        {r.sql}\nparameters: {r.parameters_json}")
+
+
+@app.command()
+def tags() -> None:
+    """Every tag and numeric value the query language knows."""
+    from fleetloop.report import table
+    from fleetloop.v1 import miner_pb2
+
+    r = _stub().ListTags(miner_pb2.ListTagsRequest())
+    typer.echo(f"taxonomy version {r.taxonomy_version}")
+    typer.echo(table(["name", "family", "aliases", "kind", "standard"],
+                     [[t.name, t.family, " ".join(t.aliases), f"numeric ({t.unit})" if t.numeric else "tag",
+                       t.standard[:60]] for t in r.tags]))
+
+
+@app.command()
+def distribution(group_by: list[str] = typer.Argument(..., help="boolean tags, e.g. rain night junction"),
+                 where: str = typer.Option("", help="restrict to seconds matching this expression"),
+                 start_ms: int = START, end_ms: int = END, park: list[str] = PARK) -> None:
+    """Seconds and km by combination of tags: the fleet's scene distribution."""
+    from fleetloop.report import table
+    from fleetloop.v1 import miner_pb2
+
+    try:
+        r = _stub().Distribution(miner_pb2.DistributionRequest(expression=where, group_by=group_by,
+                                                               start_ms=start_ms, end_ms=end_ms, parks=park or []))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    typer.echo(table(["combination", "hours", "km", "share"],
+                     [[" & ".join(row.combination) or "(all)", f"{row.seconds / 3600:,.2f}", f"{row.km:,.1f}",
+                       f"{row.share:.2%}"] for row in r.rows]))
+
+
+@app.command()
+def clusters(start_ms: int = START, end_ms: int = END, max_clusters: int = typer.Option(0),
+             examples: int = typer.Option(3, help="mined clips shown per scene")) -> None:
+    """Typical problem scenes (clusters of cases or trigger events) and more clips like each."""
+    from fleetloop.report import table
+    from fleetloop.v1 import miner_pb2
+
+    try:
+        r = _stub().Clusters(miner_pb2.ClustersRequest(start_ms=start_ms, end_ms=end_ms, max_clusters=max_clusters,
+                                                       examples=examples))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    typer.echo(f"{r.problems} problem(s) from {r.source}, {len(r.scenes)} scene(s), silhouette {r.silhouette:.2f}")
+    typer.echo(table(["scene", "problems", "mine more with", "similar h"],
+                     [[s.name, s.size, s.expression or "-", f"{s.similar_seconds / 3600:,.1f}"] for s in r.scenes]))
+    for s in r.scenes:
+        for c in s.examples:
+            typer.echo(f"  {s.name[:40]:<40}  {c.vehicle_id} {_utc(c.start_ms)} +{c.matched_seconds} s")
+
+
+@app.command()
+def curriculum(path: Path = typer.Argument(..., exists=True, help="curriculum YAML (docs/MINING.md)"),
+               out: Path = typer.Option(Path("manifest.parquet"), help="where to write the dataset manifest"),
+               start_ms: int = START, end_ms: int = END) -> None:
+    """Mine every stage of a curriculum and write the weighted dataset manifest (Parquet)."""
+    from fleetloop.report import table
+    from fleetloop.v1 import miner_pb2
+
+    try:
+        r = _stub().Curriculum(miner_pb2.CurriculumRequest(yaml=path.read_text(), start_ms=start_ms, end_ms=end_ms))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    out.write_bytes(r.manifest_parquet)
+    typer.echo(table(["stage", "scene", "expression", "requested", "clips", "weight"],
+                     [[i + 1, s.scene, s.expression, s.requested, s.clips, s.weight] for i, s in enumerate(r.stages)]))
+    typer.echo(f"manifest: {out}")
+
+
+@app.command()
+def export(expression: str = EXPRESSION, out: Path = typer.Option(Path("clips.parquet")), start_ms: int = START,
+           end_ms: int = END, merge_gap_s: int = GAP, min_clip_s: int = MIN_CLIP,
+           limit: int = typer.Option(1_000_000, help="at most this many clips")) -> None:
+    """Stream every matching clip into a Parquet file, with a progress bar."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rich.progress import Progress
+
+    stub = _stub()
+    request = _request(expression, start_ms, end_ms, None, None, merge_gap_s, min_clip_s, limit)
+    try:
+        total = min(stub.Count(request).clips, limit)
+        rows: dict[str, list] = {"vehicle_id": [], "start_ms": [], "end_ms": [], "matched_seconds": [],
+                                 "matched_tags": [], "case_ids": []}
+        with Progress() as progress:
+            task = progress.add_task("exporting clips", total=total or None)
+            for chunk in stub.Mine(request):
+                for c in chunk.clips:
+                    for name in rows:
+                        value = getattr(c, name)
+                        rows[name].append(list(value) if name in ("matched_tags", "case_ids") else value)
+                progress.advance(task, len(chunk.clips))
+    except grpc.RpcError as err:
+        raise _fail(err) from None
+    pq.write_table(pa.table(rows), out)
+    typer.echo(f"{len(rows['vehicle_id']):,} clip(s) -> {out}")
