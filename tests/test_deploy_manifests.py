@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
 from fleetloop.runtime import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +52,8 @@ def test_kustomization_resources_and_deployments():
     assert URL_VARIABLES <= set(config["data"])
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     for name, service in services.items():
-        assert service["spec"]["selector"].items() <= deployments[name]["spec"]["template"]["metadata"]["labels"].items()
+        template_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= template_labels.items()
     for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
         target = scaled["spec"]["scaleTargetRef"]["name"]
         assert target in deployments

@@ -7,11 +7,11 @@ import asyncio
 
 import grpc
 import pytest
-
 from fleetloop.bus import Bus, ensure_topics
 from fleetloop.feed import publish_seconds
 from fleetloop.sim import FleetSimulator, ScheduledIncident, SimConfig
 from fleetloop.v1 import alerts_pb2, alerts_pb2_grpc
+
 from services.heartbeat_ingest.service import MIGRATIONS, HeartbeatIngest
 from tests.conftest import truncate_owned_tables, wait_until
 
