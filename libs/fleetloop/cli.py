@@ -25,11 +25,14 @@ app.add_typer(fleet_app, name="fleet")
 
 def _mount_subcommands() -> None:
     """Command groups of other parts of the loop; each module holds one typer app."""
+    from fleetloop.commands import mine
     from fleetloop.commands.cases import app as cases_app
     from fleetloop.commands.metrics import app as metrics_app
 
     app.add_typer(metrics_app, name="metrics")
     app.add_typer(cases_app, name="cases")
+    app.command("mine")(mine.mine)  # `fleetloop mine "rain & night"`: a bare expression needs a command
+    app.add_typer(mine.app, name="mining")
 
 
 _mount_subcommands()
@@ -74,7 +77,8 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
             endpoints = {"KAFKA_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap_servers,
                          "REDIS_URL": stack.settings.redis_url, "CLICKHOUSE_URL": stack.settings.clickhouse_url,
                          "FLEET_GRPC": f"{settings.grpc_host}:{SERVICES['heartbeat-ingest'][1]}",
-                         "CASES_GRPC": f"{settings.grpc_host}:{SERVICES['case-assembler'][1]}"}
+                         "CASES_GRPC": f"{settings.grpc_host}:{SERVICES['case-assembler'][1]}",
+                         "MINER_GRPC": f"{settings.grpc_host}:{SERVICES['miner'][1]}"}
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             (settings.data_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
             typer.echo("fleetloop is up:")

@@ -12,6 +12,8 @@ from fleetloop.embedded import EmbeddedStack
 from fleetloop.report import alerts_report, fleet_report
 from fleetloop.runtime import Host
 
+DEMO_QUERY = "agent.pedestrian & junction.signalized & !mode.manual"
+
 
 async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -> None:
     from fleetloop.cli import spawn_sim
@@ -53,7 +55,11 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
         if "case-assembler" in host.services:
             typer.echo("\n== Cases (case-assembler) ==")
             typer.echo(await host.services["case-assembler"].report())
-        dead = sum(c.refused for s in host.services.values() for c in getattr(s, "consumers", [s.consumer]))
+        if "miner" in host.services:
+            typer.echo("\n== Mining the per-second labels (label-indexer, miner) ==")
+            typer.echo(host.services["miner"].report(DEMO_QUERY))
+        dead = sum(c.refused for s in host.services.values()
+                   for c in getattr(s, "consumers", [getattr(s, "consumer", None)]) if c is not None)
         typer.echo(f"messages dead-lettered: {dead}")
         await host.stop()
     typer.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")

@@ -24,6 +24,8 @@ SERVICES: dict[str, tuple[str, int]] = {
     "heartbeat-ingest": ("services.heartbeat_ingest.service:HeartbeatIngest", 50051),
     "trigger-engine": ("services.trigger_engine.service:TriggerEngine", 0),
     "case-assembler": ("services.case_assembler.service:CaseAssembler", 50052),
+    "label-indexer": ("services.label_indexer.service:LabelIndexer", 0),
+    "miner": ("services.miner.service:MinerService", 50053),
 }
 
 
@@ -66,7 +68,8 @@ class Host:
                 if task.done():
                     task.result()  # surfaces a crashed service instead of waiting forever
             lags = [await consumer.lag() for service in self.services.values()
-                    for consumer in getattr(service, "consumers", [service.consumer])]
+                    for consumer in getattr(service, "consumers", [getattr(service, "consumer", None)])
+                    if consumer is not None]
             settled = [await service.settled() for service in self.services.values() if hasattr(service, "settled")]
             quiet = quiet + 1 if all(lag == 0 for lag in lags) and all(settled) else 0
             await asyncio.sleep(poll_s)
