@@ -131,7 +131,8 @@ def apply_monitor_update(stored: Alert | None, update: Alert) -> Alert:
     Updates with a revision not above the stored one are duplicates (at-least-once delivery,
     replays) and leave `stored` unchanged. A newer update brings level, severity, summary,
     details and event time; a RESOLVED update resolves the incident unless a person already
-    did. An escalation keeps a person's ACKNOWLEDGED (they own it) or RESOLVED (their call).
+    did. An escalation keeps a person's ACKNOWLEDGED (they own it) or RESOLVED (their call); an
+    incident the monitor itself resolved reopens when it flares up again (same id, newer revision).
     """
     if stored is None:
         fresh = Alert()
@@ -145,7 +146,7 @@ def apply_monitor_update(stored: Alert | None, update: Alert) -> Alert:
     merged.CopyFrom(update)
     merged.acknowledged_by, merged.acknowledged_ms = stored.acknowledged_by, stored.acknowledged_ms
     merged.note = stored.note
-    if stored.state == RESOLVED:
+    if stored.state == RESOLVED and stored.resolved_by != MONITOR_ACTOR:
         merged.state, merged.resolved_by, merged.resolved_ms = RESOLVED, stored.resolved_by, stored.resolved_ms
     elif update.state != RESOLVED:
         merged.state = stored.state

@@ -53,11 +53,13 @@ class _ParkVehicle:
 class _Stall:
     """An open PARK_STALL incident."""
 
-    __slots__ = ("alert_id", "opened_ms", "start_ms", "peak", "cause")
+    __slots__ = ("alert_id", "opened_ms", "start_ms", "peak", "cause", "revision")
 
-    def __init__(self, alert_id: str, opened_ms: int, start_ms: int, peak: int, cause: str) -> None:
+    def __init__(self, alert_id: str, opened_ms: int, start_ms: int, peak: int, cause: str,
+                 revision: int = 1) -> None:
         self.alert_id, self.opened_ms, self.start_ms, self.peak, self.cause = (
             alert_id, opened_ms, start_ms, peak, cause)
+        self.revision = revision  # of the OPEN update; the RESOLVED one is revision + 1
 
 
 class _Burst:
@@ -83,13 +85,17 @@ class _CodeWindow:
 
 
 class _Park:
-    __slots__ = ("scope", "park", "city", "first_seen_ms", "vehicles", "n_stalled", "stall", "codes")
+    __slots__ = ("scope", "park", "city", "first_seen_ms", "vehicles", "n_stalled", "stall", "codes",
+                 "last_stall")
 
     def __init__(self, scope: str, park: str, city: str, first_seen_ms: int) -> None:
         self.scope, self.park, self.city, self.first_seen_ms = scope, park, city, first_seen_ms
         self.vehicles: dict[str, _ParkVehicle] = {}
         self.n_stalled = 0
         self.stall: _Stall | None = None
+        # The stall resolved last (stall, resolved ms): one that flares up again within a window
+        # continues that incident under its id instead of opening a second alert.
+        self.last_stall: tuple[_Stall, int] | None = None
         self.codes: dict[str, _CodeWindow] = {}
 
 
@@ -237,9 +243,10 @@ class ParkMonitor:
             if len(stalled) >= cfg.resolve_below:
                 park.stall.peak = max(park.stall.peak, len(stalled))
                 return
-            alerts.append(self._stall_alert(park, now_ms, RESOLVED, 2, stalled, active,
+            alerts.append(self._stall_alert(park, now_ms, RESOLVED, park.stall.revision + 1, stalled, active,
                                             f"park stall in {park.scope} cleared after "
                                             f"{(now_ms - park.stall.opened_ms) / 60000:.1f} min"))
+            park.last_stall = (park.stall, now_ms)
             park.stall = None
             return
         need = min(cfg.min_vehicles, max(cfg.min_vehicles_floor, math.ceil(cfg.min_fraction * active)))
@@ -250,9 +257,15 @@ class ParkMonitor:
         if len(group) < need:
             return
         cause = _suspected_cause([rec for _, _, rec in group], moving)
-        park.stall = _Stall(park_stall_alert_id(park.scope, group[0][0]), now_ms, group[0][0], len(group), cause)
+        if park.last_stall is not None and now_ms - park.last_stall[1] <= cfg.window_ms:
+            previous = park.last_stall[0]  # flapping: the same incident again, not a new alert
+            park.stall = _Stall(previous.alert_id, previous.opened_ms, previous.start_ms,
+                                max(previous.peak, len(group)), cause, previous.revision + 2)
+        else:
+            park.stall = _Stall(park_stall_alert_id(park.scope, group[0][0]), now_ms, group[0][0], len(group),
+                                cause)
         alerts.append(self._stall_alert(
-            park, now_ms, OPEN, 1, group, active,
+            park, now_ms, OPEN, park.stall.revision, group, active,
             f"{len(group)} of {active} active vehicles stalled in {park.scope} within "
             f"{cfg.window_ms / 60000:g} min; suspected {cause}"))
 
@@ -350,7 +363,11 @@ class ParkMonitor:
             "vehicles": {vid: [r.last_seen_ms, r.software_version, r.running, r.stop_start_ms, r.stop_x,
                                r.stop_y, r.stalled] for vid, r in park.vehicles.items()},
             "stall": None if stall is None else [stall.alert_id, stall.opened_ms, stall.start_ms, stall.peak,
-                                                 stall.cause],
+                                                 stall.cause, stall.revision],
+            "last_stall": None if park.last_stall is None else [
+                [park.last_stall[0].alert_id, park.last_stall[0].opened_ms, park.last_stall[0].start_ms,
+                 park.last_stall[0].peak, park.last_stall[0].cause, park.last_stall[0].revision],
+                park.last_stall[1]],
             "codes": {key: {"events": [list(e) for e in w.events], "base": [w.base_count, w.base_ms],
                             "burst": None if w.burst is None else [w.burst.alert_id, w.burst.opened_ms,
                                                                    w.burst.start_ms, w.burst.threshold,
@@ -373,6 +390,8 @@ class ParkMonitor:
                 self._vehicles[vehicle_id] = rec
         if state["stall"] is not None:
             park.stall = _Stall(*state["stall"])
+        if state.get("last_stall") is not None:
+            park.last_stall = (_Stall(*state["last_stall"][0]), int(state["last_stall"][1]))
         for key, w in state["codes"].items():
             window = park.codes[key] = _CodeWindow()
             window.events = [(int(t), mid) for t, mid in w["events"]]
