@@ -22,7 +22,7 @@ import numpy as np
 from fleetloop.labels import LABEL_TABLE, Taxonomy
 from fleetloop.query import MineRequest, QueryError, compile_query, explain, parse
 from fleetloop.query.ast import And, Expr, Not, Or, TagAtom
-from fleetloop.query.compiler import MAX_LIMIT
+from fleetloop.query.compiler import MAX_LIMIT, request_filters
 from fleetloop.query.index import HOUR_MS, HourIndex, evaluate, ids_of, indexable, scope
 from fleetloop.warehouse import Warehouse
 from pyroaring import BitMap
@@ -293,20 +293,7 @@ class Miner:
             {"n": name})[0][0])
 
     def _filters(self, request: MineRequest, params: dict) -> list[str]:
-        where = []
-        if request.start_ms is not None:
-            where.append("ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')")
-            params["start_ms"] = request.start_ms
-        if request.end_ms is not None:
-            where.append("ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')")
-            params["end_ms"] = request.end_ms
-        if request.vehicle_ids:
-            where.append("vehicle_id IN {vehicle_ids:Array(String)}")
-            params["vehicle_ids"] = list(request.vehicle_ids)
-        if request.parks:
-            where.append("park IN {parks:Array(String)}")
-            params["parks"] = list(request.parks)
-        return where
+        return request_filters(request, params)
 
     def km(self, expr: Expr | None, request: MineRequest) -> float:
         """km driven in the matching seconds (dwd_vehicle_second.distance_m; 0 without that table)."""

@@ -186,6 +186,24 @@ def explain(expr: Expr) -> Explanation:
     return Explanation(expression=str(expr), where_sql=where, parameters=predicate.parameters)
 
 
+def request_filters(request: MineRequest, params: dict) -> list[str]:
+    """WHERE conditions for the request's time range, vehicles and parks; values go into `params`."""
+    where = []
+    if request.start_ms is not None:
+        where.append("ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')")
+        params["start_ms"] = request.start_ms
+    if request.end_ms is not None:
+        where.append("ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')")
+        params["end_ms"] = request.end_ms
+    if request.vehicle_ids:
+        where.append("vehicle_id IN {vehicle_ids:Array(String)}")
+        params["vehicle_ids"] = list(request.vehicle_ids)
+    if request.parks:
+        where.append("park IN {parks:Array(String)}")
+        params["parks"] = list(request.parks)
+    return where
+
+
 def compile_query(request: MineRequest, taxonomy: Taxonomy, table: str = LABEL_TABLE,
                   tag_words: bool = False) -> CompiledQuery:
     """Parse `request.expression` and compile the whole request to parameterised SQL.
@@ -199,19 +217,7 @@ def compile_query(request: MineRequest, taxonomy: Taxonomy, table: str = LABEL_T
     expr = parse(request.expression, taxonomy)
     explanation = explain(expr)
     params = dict(explanation.parameters)
-    where = [f"({explanation.where_sql})"]
-    if request.start_ms is not None:
-        where.append("ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')")
-        params["start_ms"] = request.start_ms
-    if request.end_ms is not None:
-        where.append("ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')")
-        params["end_ms"] = request.end_ms
-    if request.vehicle_ids:
-        where.append("vehicle_id IN {vehicle_ids:Array(String)}")
-        params["vehicle_ids"] = list(request.vehicle_ids)
-    if request.parks:
-        where.append("park IN {parks:Array(String)}")
-        params["parks"] = list(request.parks)
+    where = [f"({explanation.where_sql})", *request_filters(request, params)]
     params["limit"] = request.limit
     words = [f"t{w}" for w in range(taxonomy.word_count)] if tag_words else []
     extra = "".join(f", {word}" for word in words)
