@@ -8,9 +8,11 @@ import asyncio
 import grpc
 import pytest
 from fleetloop.bus import Bus, ensure_topics
+from fleetloop.cli import app as cli
 from fleetloop.feed import publish_seconds
 from fleetloop.sim import FleetSimulator, ScheduledIncident, SimConfig
 from fleetloop.v1 import alerts_pb2, alerts_pb2_grpc
+from typer.testing import CliRunner
 
 from services.heartbeat_ingest.service import MIGRATIONS, HeartbeatIngest
 from tests.conftest import truncate_owned_tables, wait_until
@@ -106,6 +108,12 @@ async def test_every_incident_alerted_once_within_threshold_and_recovered(settin
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id="nope", actor="ops-1"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # The same over `fleetloop alerts` (blocking gRPC client, so off the event loop that serves it).
+    env = {"FLEETLOOP_FLEET_GRPC": f"127.0.0.1:{service.grpc_port}"}
+    listed = await asyncio.to_thread(CliRunner().invoke, cli, ["alerts", "list", "--kind", "park_stall"], env=env)
+    assert listed.exit_code == 0 and "park_stall" in listed.output and park_alerts[0].park in listed.output
+    refused = await asyncio.to_thread(CliRunner().invoke, cli, ["alerts", "ack", "nope", "--actor", "ops-1"], env=env)
+    assert refused.exit_code == 2 and "NOT_FOUND" in refused.output
     stop.set()
     await task
     await bus.stop()

@@ -26,11 +26,13 @@ app.add_typer(fleet_app, name="fleet")
 def _mount_subcommands() -> None:
     """Command groups of other parts of the loop; each module holds one typer app."""
     from fleetloop.commands import mine
+    from fleetloop.commands.alerts import app as alerts_app
     from fleetloop.commands.cases import app as cases_app
     from fleetloop.commands.metrics import app as metrics_app
 
     app.add_typer(metrics_app, name="metrics")
     app.add_typer(cases_app, name="cases")
+    app.add_typer(alerts_app, name="alerts")
     app.command("mine")(mine.mine)  # `fleetloop mine "rain & night"`: a bare expression needs a command
     app.add_typer(mine.app, name="mining")
 
