@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 PARK_TOPIC = "loop.monitor.park.v1"
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.5
-# A partition whose newest heartbeat is a minute of event time behind the newest of all is idle
-# (its vehicles are quiet or it was revoked): it stops holding the watermark back. Six times the
-# offline threshold, so a lagging partition during catch-up is never mistaken for an idle one.
-IDLE_SOURCE_MS = 60_000
+# No heartbeat partition is ever treated as idle: while vehicles are still publishing, a lagging
+# partition is momentarily "caught up" between two fetches, and releasing the watermark past it
+# raised OFFLINE for all its vehicles (seen in `make demo`). A partition whose vehicles all fall
+# silent holds event time back until they return (their gap then raises OFFLINE from their own data);
+# in LIVE mode the wall-clock tick moves time through silence.
+IDLE_SOURCE_MS = None
 # Reorder window of the parks agent (see FleetMonitoring._reorder): twice the largest disorder seen.
 # A park stall needs 4 vehicles stopped a minute each within 5 minutes, so 2 minutes late is still useful.
 PARK_REORDER_MS = 120_000
@@ -182,10 +184,14 @@ class FleetMonitoring:
             released.append(heapq.heappop(self._park_reorder)[2])
         return released
 
-    def _caught_up(self, event) -> bool:
-        """Whether this event's partition has nothing more to read right now (fetch high watermark)."""
-        highwater = self.app.consumer.highwater(event.message.tp)
-        return highwater is not None and event.message.offset + 1 >= highwater
+    def _heartbeat_partitions_with_data(self) -> set[int]:
+        """Assigned heartbeat partitions that hold (or may hold) records: an empty one never
+        speaks, so it must not hold event time back; one not fetched yet must."""
+        partitions = set()
+        for tp in self.app.consumer.assignment():
+            if tp.topic == topics.HEARTBEAT and self.app.consumer.highwater(tp) != 0:
+                partitions.add(tp.partition)
+        return partitions
 
     def _decode(self, value: bytes) -> common_pb2.Envelope | None:
         env = common_pb2.Envelope()
@@ -205,7 +211,7 @@ class FleetMonitoring:
             if env is None:
                 continue
             if event.message.topic == topics.HEARTBEAT:  # the 1 Hz line is the clock; events are sparse
-                self.vehicle_sources.observe(event.message.partition, env.event_time_ms, self._caught_up(event))
+                self.vehicle_sources.observe(event.message.partition, env.event_time_ms)
             vid = env.vehicle_id
             try:
                 alerts += monitor.on_envelope(env, live_ms)
@@ -216,7 +222,7 @@ class FleetMonitoring:
             kind = env.WhichOneof("payload")
             if scope and (kind == "heartbeat" or env.event.kind == common_pb2.EVENT_KIND_ERROR_CODE):
                 forwards.append((env.event_time_ms, scope[0], value))
-        watermark = self.vehicle_sources.watermark_ms()
+        watermark = self.vehicle_sources.watermark_ms(self._heartbeat_partitions_with_data())
         if watermark is not None:
             alerts += monitor.advance(watermark)
         return alerts, forwards

@@ -104,22 +104,27 @@ class SourceWatermarks:
     vehicle of the others offline.
     """
 
-    def __init__(self, allowed_lateness_ms: int, idle_after_ms: int) -> None:
+    def __init__(self, allowed_lateness_ms: int, idle_after_ms: int | None) -> None:
+        """`idle_after_ms` None: no source is ever idle (every source seen holds the watermark)."""
         self.allowed_lateness_ms = allowed_lateness_ms
         self.idle_after_ms = idle_after_ms
         self.newest: dict[Any, int] = {}
         self.caught_up: dict[Any, bool] = {}
 
-    def observe(self, source: Any, event_ms: int, caught_up: bool) -> None:
+    def observe(self, source: Any, event_ms: int, caught_up: bool = False) -> None:
         """Record a message of `source` at `event_ms`; `caught_up`: nothing more to read there now."""
         if event_ms > self.newest.get(source, -1):
             self.newest[source] = event_ms
         self.caught_up[source] = caught_up
 
-    def watermark_ms(self) -> int | None:
-        if not self.newest:
+    def watermark_ms(self, required: set | None = None) -> int | None:
+        """None until every source in `required` (e.g. the assigned partitions holding data) has
+        been observed: a source not read yet may hold the oldest data of all."""
+        if not self.newest or (required and not required <= self.newest.keys()):
             return None
         latest = max(self.newest.values())
+        if self.idle_after_ms is None:
+            return min(self.newest.values()) - self.allowed_lateness_ms
         active = [t for source, t in self.newest.items()
                   if not (self.caught_up[source] and t < latest - self.idle_after_ms)]
         return min(active) - self.allowed_lateness_ms
