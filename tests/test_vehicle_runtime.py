@@ -59,14 +59,20 @@ def test_ring_buffer_keeps_capacity_and_knows_what_it_evicted():
 
 
 def test_microlog_drops_objects_and_planner_outputs_minilog_keeps_them():
-    items = filled().window(T0_MS, T0_MS + 5000)
-    micro = [e for _, t, e in tier_messages("microlog", items) if t == topics.PERCEPTION]
+    buffer = filled()
+    before = [(t, topic, env.SerializeToString()) for t, topic, env in buffer.items]
+    items = buffer.window(T0_MS, T0_MS + 5000)
     mini = [e for _, t, e in tier_messages("minilog", items) if t == topics.PERCEPTION]
-    assert len(micro) == len(mini) == 5
+    assert len(mini) == 5
+    assert all(len(e.perception.objects) == 1 and len(e.perception.planner_top_costs) == 2 for e in mini)
+    micro = [e for _, t, e in tier_messages("microlog", items) if t == topics.PERCEPTION]
+    assert len(micro) == 5
     assert all(not e.perception.objects and not e.perception.planner_top_costs for e in micro)
     assert all(e.perception.weather == common_pb2.WEATHER_RAIN for e in micro)
-    assert all(len(e.perception.objects) == 1 and len(e.perception.planner_top_costs) == 2 for e in mini)
-    assert items[0][2].perception.objects or items[0][1] != topics.PERCEPTION  # the buffer itself is untouched
+    # The buffer itself is untouched: slimming the microlog works on copies.
+    assert [(t, topic, env.SerializeToString()) for t, topic, env in buffer.items] == before
+    buffered = [e for _, t, e in items if t == topics.PERCEPTION]
+    assert len(buffered) == 5 and all(len(e.perception.objects) == 1 for e in buffered)
     with pytest.raises(ValueError, match="unknown tier"):
         tier_messages("video", items)
 
