@@ -22,6 +22,7 @@ from fleetloop.triggers.base import (
     register,
 )
 from fleetloop.triggers.config import TriggerConfig, TriggerSpec
+from fleetloop.triggers.criticality import time_to_collision
 from fleetloop.triggers.episodes import Episode, EpisodeTracker
 from fleetloop.triggers.frames import Frames
 from fleetloop.v1 import common_pb2
@@ -66,7 +67,8 @@ class NearMiss(_SummaryTrigger):
     """Time-to-collision or distance envelope below threshold against objects in the ego path.
 
     Per object: TTC (s) = `rel_x_m` / −`rel_vx_mps` for valid objects ahead within
-    `ego_path.half_width_m` that close faster than `min_closing_mps`. A summary is active when its
+    `ego_path.half_width_m` that close faster than `min_closing_mps` (`criticality.time_to_collision`,
+    the one TTC definition, shared with the replay). A summary is active when its
     minimum TTC is below `ttc_s`, or an in-path object is nearer than `min_distance_m` while the ego
     moves faster than `min_speed_mps`. With `yield_to_hard_brake`, an encounter during which the
     ego braked beyond `hard_decel.decel_mps2` is left to hard_brake (one event per incident). MPD.
@@ -86,9 +88,8 @@ class NearMiss(_SummaryTrigger):
 
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         hw, la = self.path["half_width_m"], self.path["lookahead_m"]
-        closing = in_path(frames, hw, la) & (frames.obj_rel_vx_mps <= -self.p["min_closing_mps"])
-        with np.errstate(divide="ignore"):
-            ttc = per_row_min(frames, closing, frames.obj_rel_x_m / -frames.obj_rel_vx_mps)
+        ttc = per_row_min(frames, in_path(frames, hw, la),
+                          time_to_collision(frames.obj_rel_x_m, -frames.obj_rel_vx_mps, self.p["min_closing_mps"]))
         dist = nearest_in_path(frames, hw, la)
         moving = frames.ego_speed_mps > self.p["min_speed_mps"]
         active = ((ttc < self.p["ttc_s"]) | ((dist < self.p["min_distance_m"]) & moving))[rows]
