@@ -1,0 +1,183 @@
+"""Observation features for the ego policies, built batched from agent states and the scenario's map.
+
+`ObservationFeatures.compute` takes agent states shaped `[S, N, A]` — N is the candidate dimension of
+a `WorldState`, or the time dimension when features are taken along a logged scenario — and returns
+`[S, N, F]` float32 with F = len(FEATURES), in the order of `FEATURES`:
+
+- `speed_mps`: ego speed (m/s, signed along its heading).
+- `heading_error_rad`: ego heading minus the heading of the nearest lane centre, wrapped to (-pi, pi].
+- `lateral_offset_m`: signed distance of the ego from that lane centre (m, + left of the lane).
+- `speed_limit_mps`: the lane's speed limit (the configured default off a lane or where the map has none).
+- `preview_limit_mps`: the speed limit of the lane at the preview point (lower before a tight curve).
+- `pursuit_curvature_1pm`: the pure-pursuit curvature (1/m, + left) that reaches the lane centre at the
+  preview distance `lookahead_min_m + lookahead_time_s * speed` ahead along the lane.
+- `lane_found`: 1 when a lane centre lies within `lane_search_m`, else 0 (the lane features are then 0
+  and the limits the default).
+- `lead_gap_m`: bumper-to-bumper gap (m, >= 0) to the nearest valid agent ahead of the ego whose centre
+  lies within the ego's corridor (half the two widths plus `corridor_margin_m` either side of its
+  heading line); `lead_range_m` when there is none within that range.
+- `lead_closing_mps`: ego speed minus the leader's speed along the ego heading (m/s, + closing); 0 without one.
+- `lead_present`: 1 with a leader, else 0.
+
+The nearest lane is chosen by distance plus `lane_heading_weight_m * (1 - cos(heading difference))`, so
+an oncoming lane (difference pi) costs twice that weight and a crossing lane once: the ego keeps to
+lanes running its way at junctions and on two-way roads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fleetloop.replay.scenario import EGO, MapKind, ScenarioBatch
+
+FEATURES = ("speed_mps", "heading_error_rad", "lateral_offset_m", "speed_limit_mps", "preview_limit_mps",
+            "pursuit_curvature_1pm", "lane_found", "lead_gap_m", "lead_closing_mps", "lead_present")
+
+
+def wrap_angle(a: torch.Tensor) -> torch.Tensor:
+    """Angles wrapped to (-pi, pi]."""
+    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """The `policies.features` section of replay.yaml (metres, seconds, m/s)."""
+
+    lane_search_m: float
+    lane_heading_weight_m: float
+    default_speed_limit_mps: float
+    lookahead_min_m: float
+    lookahead_time_s: float
+    corridor_margin_m: float
+    lead_range_m: float
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> FeatureParams:
+        return cls(**{k: float(raw[k]) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class LaneQuery:
+    """The nearest lane centre of each of `[S, N]` points: the closest point on it (m), its heading
+    (rad), the point's signed offset from it (m, + left), its speed limit (m/s, NaN where the map has
+    none) and whether one was found within the search radius."""
+
+    px: torch.Tensor
+    py: torch.Tensor
+    heading: torch.Tensor
+    offset: torch.Tensor
+    limit: torch.Tensor
+    found: torch.Tensor
+
+
+class LaneMap:
+    """The lane-centre segments of a scenario batch, ready for nearest-lane queries."""
+
+    def __init__(self, scen: ScenarioBatch, params: FeatureParams) -> None:
+        self.params = params
+        xy = scen.map_xy
+        lane = (scen.map_kind == MapKind.LANE_CENTRE)[:, :, None]
+        self.a = xy[:, :, :-1]                                   # [S, P, V-1, 2] segment starts
+        self.d = xy[:, :, 1:] - self.a                           # segment vectors
+        self.len2 = (self.d * self.d).sum(-1).clamp_min(1e-9)    # [S, P, V-1]
+        self.seg_heading = torch.atan2(self.d[..., 1], self.d[..., 0])
+        self.valid = scen.map_valid[:, :, :-1] & scen.map_valid[:, :, 1:] & lane & (self.len2 > 1e-6)
+        self.limit = scen.map_speed_limit_mps                    # [S, P]
+        self.n_vertices = xy.shape[2]
+
+    def nearest(self, px: torch.Tensor, py: torch.Tensor, heading: torch.Tensor) -> LaneQuery:
+        """Nearest lane centre of points `px, py` `[S, N]` for a traveller heading `heading` `[S, N]`."""
+        s, n = px.shape
+        ax, ay = self.a[..., 0][:, None], self.a[..., 1][:, None]          # [S, 1, P, V-1]
+        dx, dy = self.d[..., 0][:, None], self.d[..., 1][:, None]
+        rx, ry = px[..., None, None] - ax, py[..., None, None] - ay          # [S, N, P, V-1]
+        t = ((rx * dx + ry * dy) / self.len2[:, None]).clamp(0.0, 1.0)
+        cx, cy = ax + t * dx, ay + t * dy
+        dist = torch.hypot(px[..., None, None] - cx, py[..., None, None] - cy)
+        turn = 1.0 - torch.cos(heading[..., None, None] - self.seg_heading[:, None])
+        score = torch.where(self.valid[:, None], dist + self.params.lane_heading_weight_m * turn,
+                            torch.full_like(dist, math.inf))
+        best = score.reshape(s, n, -1).argmin(dim=-1)                       # [S, N] flat segment index
+
+        def pick(v: torch.Tensor) -> torch.Tensor:
+            return v.reshape(s, n, -1).gather(-1, best[..., None])[..., 0]
+
+        seg_heading = self.seg_heading[:, None].expand_as(dist)
+        cross = (dx * ry - dy * rx) / torch.sqrt(self.len2[:, None])
+        limit = self.limit.gather(1, torch.div(best, self.n_vertices - 1, rounding_mode="floor"))
+        found = pick(torch.where(self.valid[:, None], dist, torch.full_like(dist, math.inf))) \
+            <= self.params.lane_search_m
+        return LaneQuery(px=pick(cx), py=pick(cy), heading=pick(seg_heading), offset=pick(cross), limit=limit,
+                         found=found)
+
+
+class ObservationFeatures:
+    """Per-step observation features of the ego (see the module docstring for the list and units)."""
+
+    def __init__(self, params: FeatureParams) -> None:
+        self.params = params
+
+    @classmethod
+    def from_config(cls, policies_section: Mapping[str, Any]) -> ObservationFeatures:
+        return cls(FeatureParams.from_mapping(policies_section["features"]))
+
+    def compute(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,
+                valid: torch.Tensor, scen: ScenarioBatch) -> torch.Tensor:
+        """Features `[S, N, F]` float32 from agent states `[S, N, A]` (m, rad, m/s; `valid` bool), agent
+        slot 0 the ego; sizes and map from `scen`."""
+        p = self.params
+        ex, ey, eh, ev = x[..., EGO], y[..., EGO], heading[..., EGO], speed[..., EGO]
+        lanes = LaneMap(scen, p)
+        here = lanes.nearest(ex, ey, eh)
+        default = torch.full_like(ev, p.default_speed_limit_mps)
+        limit = torch.where(here.found & torch.isfinite(here.limit), here.limit, default)
+        heading_error = torch.where(here.found, wrap_angle(eh - here.heading), torch.zeros_like(ev))
+        offset = torch.where(here.found, here.offset, torch.zeros_like(ev))
+
+        # Preview along the lane's tangent from the closest point, snapped back onto the lane there.
+        look = p.lookahead_min_m + p.lookahead_time_s * ev.abs()
+        qx = here.px + look * torch.cos(here.heading)
+        qy = here.py + look * torch.sin(here.heading)
+        ahead = lanes.nearest(qx, qy, here.heading)
+        tx = torch.where(ahead.found, ahead.px, qx)
+        ty = torch.where(ahead.found, ahead.py, qy)
+        preview_limit = torch.where(ahead.found & torch.isfinite(ahead.limit), ahead.limit, limit)
+        c, s = torch.cos(eh), torch.sin(eh)
+        fx = c * (tx - ex) + s * (ty - ey)
+        fy = -s * (tx - ex) + c * (ty - ey)
+        dist = torch.hypot(fx, fy).clamp_min(1e-3)
+        pursuit = torch.where(here.found, 2.0 * fy / (dist * dist), torch.zeros_like(ev))
+
+        gap, closing, present = self._leader(x, y, heading, speed, valid, scen)
+        return torch.stack([ev, heading_error, offset, limit, preview_limit, pursuit, here.found.to(ev.dtype),
+                            gap, closing, present.to(ev.dtype)], dim=-1)
+
+    def _leader(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,
+                valid: torch.Tensor, scen: ScenarioBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gap (m), closing speed (m/s) and presence of the leader in the ego's corridor, each `[S, N]`."""
+        p = self.params
+        ex, ey, eh, ev = (v[..., EGO:EGO + 1] for v in (x, y, heading, speed))
+        if x.shape[-1] == 1:  # the ego alone: nobody to follow
+            none = torch.zeros_like(ev[..., 0])
+            return none + p.lead_range_m, none, none.bool()
+        c, s = torch.cos(eh), torch.sin(eh)
+        rx, ry = x[..., 1:] - ex, y[..., 1:] - ey                    # [S, N, A-1]
+        ahead = c * rx + s * ry
+        side = -s * rx + c * ry
+        length, width = scen.length[:, None], scen.width[:, None]    # [S, 1, A]
+        band = 0.5 * (width[..., EGO:EGO + 1] + width[..., 1:]) + p.corridor_margin_m
+        gap = ahead - 0.5 * (length[..., EGO:EGO + 1] + length[..., 1:])
+        in_corridor = valid[..., 1:] & valid[..., EGO:EGO + 1] & (ahead > 0) & (side.abs() < band) \
+            & (gap < p.lead_range_m)
+        gap = torch.where(in_corridor, gap, torch.full_like(gap, math.inf))
+        lead_gap, lead = gap.min(dim=-1)
+        present = torch.isfinite(lead_gap)
+        along = speed[..., 1:] * torch.cos(heading[..., 1:] - eh)
+        closing = ev[..., 0] - along.gather(-1, lead[..., None])[..., 0]
+        lead_gap = torch.where(present, lead_gap.clamp_min(0.0), torch.full_like(lead_gap, p.lead_range_m))
+        return lead_gap, torch.where(present, closing, torch.zeros_like(closing)), present
