@@ -38,9 +38,9 @@ from fleetloop.triggers.frames import Frames
 from fleetloop.v1 import common_pb2 as pb
 
 
-def best_of(repeats: int, fn: Callable[[Any], int], setup: Callable[[], Any] = lambda: None) -> tuple[float, int]:
+def best_of(repeats: int, fn: Callable[[Any], Any], setup: Callable[[], Any] = lambda: None) -> tuple[float, Any]:
     """Fastest wall time (s) of `repeats` calls of fn(setup()) (setup untimed), and the last result."""
-    best, result = float("inf"), 0
+    best, result = float("inf"), None
     for _ in range(repeats):
         arg = setup()
         t0 = time.perf_counter()
@@ -49,21 +49,22 @@ def best_of(repeats: int, fn: Callable[[Any], int], setup: Callable[[], Any] = l
     return best, result
 
 
-def core(frames: list[Frames], triggers: list[Trigger]) -> int:
-    """All built-ins over pre-built batches; returns the number of detections."""
-    found = 0
+def core(frames: list[Frames], triggers: list[Trigger]) -> list[tuple[str, int]]:
+    """All built-ins over pre-built batches; returns the detections as sorted (trigger, onset epoch ms)."""
+    found = []
     for f in frames:
         horizon = int(f.sec_ms[-1]) + 1000
-        found += sum(len(t.update(f, horizon)) for t in triggers)
-    return found + sum(len(t.finish()) for t in triggers)
+        found += [d for t in triggers for d in t.update(f, horizon)]
+    found += [d for t in triggers for d in t.finish()]
+    return sorted((d.trigger, d.onset_ms) for d in found)
 
 
 class Callback:
     """A classic recorder trigger: `pull` sees every message; sample triggers loop its samples."""
 
     def __init__(self, config: TriggerConfig, name: str) -> None:
-        self.p = config.triggers[name].params
-        self.found = 0
+        self.name, self.p = name, config.triggers[name].params
+        self.onsets: list[int] = []  # epoch ms of each detection's onset
 
     def pull(self, kind: str, payload: object) -> None:
         raise NotImplementedError
@@ -78,7 +79,7 @@ class HardDecelCallback(Callback):
 
     def _close(self) -> None:
         if self.ep[1] - self.ep[0] >= self.min_ms and (self.ep[4] and not self.ep[3]) == self.phantom:
-            self.found += 1
+            self.onsets.append(self.ep[0])
         self.ep = None
 
     def pull(self, kind: str, payload: object) -> None:
@@ -119,7 +120,8 @@ class WeavingCallback(Callback):
                 else:
                     self.ep = [t, t, 0, sign]
             elif self.ep is not None and t - self.ep[1] > p["merge_gap_s"] * 1000:
-                self.found += self.ep[2] >= p["min_sign_changes"]
+                if self.ep[2] >= p["min_sign_changes"]:
+                    self.onsets.append(self.ep[0])
                 self.ep = None
 
 
@@ -138,7 +140,7 @@ class StopCallback(Callback):
                     self.ep[1] = t
                     if not self.ep[2] and t - self.ep[0] >= p["issue_s"] * 1000:
                         self.ep[2] = True
-                        self.found += 1
+                        self.onsets.append(self.ep[0])
                 else:
                     self.ep = [t, t, False]
 
@@ -148,7 +150,7 @@ class SummaryCallback(Callback):
 
     def __init__(self, config: TriggerConfig, name: str) -> None:
         super().__init__(config, name)
-        self.name, self.path, self.last_hit = name, config.section("ego_path"), -1e18
+        self.path, self.last_hit = config.section("ego_path"), -1e18
 
     def pull(self, kind: str, payload: object) -> None:
         if kind != "perception":
@@ -172,7 +174,8 @@ class SummaryCallback(Callback):
                 unknown |= cls == pb.OBJECT_CLASS_UNKNOWN and conf < p["unknown_confidence"]
             hit = (turn and oncoming) or occluded or unknown
         if hit:
-            self.found += t - self.last_hit > p["merge_gap_s"] * 1000
+            if t - self.last_hit > p["merge_gap_s"] * 1000:
+                self.onsets.append(t)
             self.last_hit = t
 
 
@@ -183,20 +186,22 @@ class EventCallback(Callback):
 
     def __init__(self, config: TriggerConfig, name: str) -> None:
         super().__init__(config, name)
-        self.name, self.kind, self.errors = name, self.KINDS[name], {}
+        self.kind, self.errors = self.KINDS[name], {}
 
     def pull(self, kind: str, payload: object) -> None:
         if kind != "event" or payload[1] != self.kind:
             return
         t, _, key, text = payload
         if self.name == "operator_speech":
-            self.found += any(k in text.lower() for k in self.p["keywords"])
+            if any(k in text.lower() for k in self.p["keywords"]):
+                self.onsets.append(t)
         elif self.name == "error_code":
             times = [x for x in self.errors.get(key, []) if t - x <= self.p["window_s"] * 1000] + [t]
             self.errors[key] = times
-            self.found += len(times) == self.p["min_count"]
+            if len(times) == self.p["min_count"]:
+                self.onsets.append(times[0])
         else:
-            self.found += 1
+            self.onsets.append(t)
 
 
 CALLBACKS = {"hard_brake": HardDecelCallback, "phantom_stop": HardDecelCallback, "weaving": WeavingCallback,
@@ -204,13 +209,14 @@ CALLBACKS = {"hard_brake": HardDecelCallback, "phantom_stop": HardDecelCallback,
              "scene_complexity": SummaryCallback}
 
 
-def baseline(messages: list[tuple[str, object]], config: TriggerConfig) -> int:
-    """The classic recorder: every message goes to every trigger's callback, one sample at a time."""
+def baseline(messages: list[tuple[str, object]], config: TriggerConfig) -> list[tuple[str, int]]:
+    """The classic recorder: every message goes to every trigger's callback, one sample at a time.
+    Returns the detections as sorted (trigger, onset epoch ms)."""
     callbacks = [CALLBACKS.get(name, EventCallback)(config, name) for name in config.triggers]
     for kind, payload in messages:
         for cb in callbacks:
             cb.pull(kind, payload)
-    return sum(cb.found for cb in callbacks)
+    return sorted((cb.name, onset) for cb in callbacks for onset in cb.onsets)
 
 
 def baseline_input(f: Frames, config: TriggerConfig) -> list[tuple[str, object]]:
@@ -270,28 +276,38 @@ def main() -> None:
         chunks.append(f)
         i = j
 
-
     fresh = lambda: build_triggers(config)  # noqa: E731  (a vehicle's triggers are built once, untimed)
     t_core, found = best_of(repeats, lambda trig: core([frames], trig), fresh)
     t_chunks, found_chunks = best_of(repeats, lambda trig: core(chunks, trig), fresh)
     plain = baseline_input(frames, config)
-    t_base, found_base = best_of(max(1, repeats // 2), lambda _: baseline(plain, config))
-    t_full, events = best_of(max(1, repeats // 2), lambda _: len(detect_recording(envelopes, config)))
+    t_base, found_base = best_of(repeats, lambda _: baseline(plain, config))
+    t_full, events = best_of(max(1, repeats // 2), lambda _: detect_recording(envelopes, config))
     runner_feed = min(len(envelopes), 3 * 600)
 
-    def per_message(_: None) -> int:
+    def per_message(_: None) -> list:
         r = TriggerRunner(config, "bench-1")
-        return sum(len(r.feed(e)) for e in envelopes[:runner_feed])
-    t_feed, _ = best_of(1, per_message)
+        return [ev for e in envelopes[:runner_feed] for ev in r.feed(e)] + r.flush()
+    t_feed, fed = best_of(1, per_message)
     fed_samples = 10 * sum(1 for e in envelopes[:runner_feed] if e.WhichOneof("payload") == "pose")
+
+    # Equal counts are not equal answers: every variant must find the same (trigger, onset) pairs.
+    assert found, "the drive must produce detections"
+    for label, other in (("60 s batches", found_chunks), ("baseline", found_base),
+                         ("detect_recording", sorted((e.trigger, e.onset_ms) for e in events))):
+        assert other == found, f"{label} differs from the one-batch core: {sorted(set(other) ^ set(found))[:10]}"
+    prefix = sorted((e.trigger, e.onset_ms) for e in detect_recording(envelopes[:runner_feed], config))
+    assert sorted((e.trigger, e.onset_ms) for e in fed) == prefix, "per-message feed differs from detect_recording"
 
     value, base = n / t_core, n / t_base
     print(f"drive: {seconds} s, {n} samples, {len(envelopes)} messages, {len(expected)} injected incidents")
-    print(f"vectorised core, one batch   : {value:>12,.0f} samples/s  ({found} detections)")
-    print(f"vectorised core, 60 s batches: {n / t_chunks:>12,.0f} samples/s  ({found_chunks} detections)")
-    print(f"per-sample Python baseline   : {base:>12,.0f} samples/s  ({found_base} detections)")
-    print(f"incl. protobuf -> arrays     : {n / t_full:>12,.0f} samples/s  ({events} events, detect_recording)")
-    print(f"per-message feed (vehicle)   : {fed_samples / t_feed:>12,.0f} samples/s  (1 s batches)")
+    print(f"vectorised core, one batch   : {value:>12,.0f} samples/s  ({len(found)} detections)")
+    print(f"vectorised core, 60 s batches: {n / t_chunks:>12,.0f} samples/s  (the same {len(found_chunks)})")
+    print(f"per-sample Python baseline   : {base:>12,.0f} samples/s  (the same {len(found_base)})")
+    print(f"incl. protobuf -> arrays     : {n / t_full:>12,.0f} samples/s  (the same {len(events)}, detect_recording)")
+    print(f"per-message feed (vehicle)   : {fed_samples / t_feed:>12,.0f} samples/s  (1 s batches, first "
+          f"{runner_feed} messages: the same {len(fed)} events as detect_recording)")
+    print(f"best of {repeats} runs each (detect_recording {max(1, repeats // 2)}, per-message feed 1); "
+          "every variant's (trigger, onset) pairs asserted identical")
     print(f"ratio core / baseline        : {value / base:.1f}x")
     print(json.dumps({"bench": "triggers", "value": round(value), "unit": "samples/s", "baseline": round(base),
                       "ratio": round(value / base, 1), "with_conversion": round(n / t_full),
