@@ -9,10 +9,11 @@ import hashlib
 import io
 import json
 import zipfile
+from collections import Counter
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
 from fleetloop.commands.cases import app as cases_cli
@@ -22,7 +23,7 @@ from fleetloop.v1 import case_service_pb2, case_service_pb2_grpc, cases_pb2, com
 from fleetloop.vehicle import FleetVehicles, open_store, read_mcap
 from typer.testing import CliRunner
 
-from services.case_assembler.service import MIGRATIONS, CaseAssembler
+from services.case_assembler.service import GROUP_ID, MIGRATIONS, CaseAssembler
 from tests.conftest import truncate_owned_tables, wait_until
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,40 @@ class Stack:
         for _ in range(3):  # commands and manifests ping-pong: quiet three polls in a row
             await wait_until(quiet)
             await asyncio.sleep(0.3)
+
+    async def send_and_consume(self, messages: list[tuple[str, str, bytes]]) -> None:
+        """Send, then wait until the case-assembler has committed past every message sent (its group's
+        committed offsets reach the end offsets the broker acknowledged) and has handled each of them."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            sent = [await producer.send(topic, value, key=key.encode()) for topic, key, value in messages]
+            acked = await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        end = {}
+        for meta in acked:
+            tp = TopicPartition(meta.topic, meta.partition)
+            end[tp] = max(end.get(tp, 0), meta.offset + 1)
+        handled = Counter(topic for topic, _, _ in messages)
+        before = {topic: self.assembler.consumer.records_by_topic[topic] for topic in handled}
+        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=GROUP_ID,
+                                 enable_auto_commit=False)
+        await probe.start()
+
+        async def committed_to_the_end() -> bool:
+            for task in self.tasks:
+                if task.done():
+                    task.result()
+            return all([(await probe.committed(tp) or 0) >= offset for tp, offset in end.items()])
+
+        try:
+            await wait_until(committed_to_the_end)
+        finally:
+            await probe.stop()
+        done = {topic: self.assembler.consumer.records_by_topic[topic] - before[topic] for topic in handled}
+        assert done == dict(handled), "every message sent was handled, none skipped"
+        await self.idle()  # and the commands it caused have been answered
 
     def cases(self, vehicle_id: str) -> list[dict]:
         return self.warehouse.query_dicts(
@@ -169,8 +204,7 @@ async def test_incident_to_one_case_with_complete_mcap_logs_and_the_case_api(set
 
         # A replay of the whole trigger stream makes no second case and changes no case.
         before = {c["case_id"]: c["revision"] for v in ("veh-0001", "veh-0002", "veh-0003") for c in stack.cases(v)}
-        await stack.send(trigger_msgs)
-        await stack.idle()
+        await stack.send_and_consume(trigger_msgs)
         after = {c["case_id"]: c["revision"] for v in ("veh-0001", "veh-0002", "veh-0003") for c in stack.cases(v)}
         assert after == before
 
