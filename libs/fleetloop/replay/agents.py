@@ -7,8 +7,9 @@ The agent model is chosen per scenario (`ScenarioMeta.agent_model`, or an overri
 - `IDM`: vehicles known at `current_step` replay their log until the ego leaves its own log (its position
   deviates from the logged ego by more than `agents.takeover_deviation_m`, per candidate, latched);
   from then on they drive the Intelligent Driver Model along their own logged path (the path is kept,
-  the progress along it is IDM's), extrapolated straight past its end. Pedestrians, cyclists and
-  static objects replay their log.
+  the progress along it is IDM's, never ahead of the log: they yield, they do not drive more boldly
+  than they did, so a parked or stalled car stays put). Pedestrians, cyclists and static objects
+  replay their log.
 
 Agents unknown at `current_step` enter as logged under every model. Only the IDM vehicles after the
 takeover depend on the candidate; everything else is one `[S, A, T]` track broadcast over candidates
@@ -137,11 +138,15 @@ def _lane_desired_speed(scen: ScenarioBatch, params: IdmParams) -> Tensor:
     seg_ok = lane[:, :, :-1] & lane[:, :, 1:]                                    # [S, P, V-1]
     if seg_ok.shape[-1] == 0:
         return torch.full_like(px, params.desired_speed_mps)
-    a, b = scen.map_xy[:, :, :-1], scen.map_xy[:, :, 1:]
-    direction = torch.atan2(b[..., 1] - a[..., 1], b[..., 0] - a[..., 0])        # [S, P, V-1]
-    ax, ay = a[..., 0].flatten(1)[:, None, :], a[..., 1].flatten(1)[:, None, :]
-    dist = torch.hypot(ax - px[..., None], ay - py[..., None])
-    aligned = wrap_angle(direction.flatten(1)[:, None, :] - ph[..., None]).abs() <= torch.pi / 2
+    a, b = scen.map_xy[:, :, :-1].flatten(1, 2), scen.map_xy[:, :, 1:].flatten(1, 2)     # [S, P·(V-1), 2]
+    ab = b - a
+    direction = torch.atan2(ab[..., 1], ab[..., 0])
+    # distance from each agent to each lane segment (the projection clamped onto the segment)
+    rel_x, rel_y = px[..., None] - a[:, None, :, 0], py[..., None] - a[:, None, :, 1]       # [S, A, P·(V-1)]
+    along = ((rel_x * ab[:, None, :, 0] + rel_y * ab[:, None, :, 1])
+             / (ab[..., 0] ** 2 + ab[..., 1] ** 2).clamp(min=1e-9)[:, None]).clamp(0.0, 1.0)
+    dist = torch.hypot(rel_x - along * ab[:, None, :, 0], rel_y - along * ab[:, None, :, 1])
+    aligned = wrap_angle(direction[:, None, :] - ph[..., None]).abs() <= torch.pi / 2
     dist = torch.where(seg_ok.flatten(1)[:, None, :] & aligned, dist, _INF)      # [S, A, P·(V-1)]
     best, where = dist.min(dim=-1)
     poly = where // seg_ok.shape[-1]
@@ -263,7 +268,8 @@ class IdmFollower:
     gap is bumper to bumper and Δv the closing speed along the follower's heading. The ego is checked every
     step; the other agents (the plan's K candidates) every `leader_refresh_steps`, the chosen one every
     step in between. The result is bounded by the bicycle's acceleration bounds and the speed never goes
-    negative.
+    negative. v0 is the lane-capped `desired_speed` or the logged speed at that step, whichever is
+    higher, and an agent never gets further along its path than its log had it at the same step.
     """
 
     def __init__(self, params: IdmParams, bounds: BicycleBounds) -> None:
@@ -271,9 +277,11 @@ class IdmFollower:
         self.bounds = bounds
 
     def compute(self, plan: AgentPlan, x: Tensor, y: Tensor, heading: Tensor, speed: Tensor, valid: Tensor,
-                path_s: Tensor, curvature: Tensor, leader: Tensor, dt: float, refresh: bool) -> IdmStep:
+                path_s: Tensor, curvature: Tensor, leader: Tensor, log_s: Tensor, log_speed: Tensor, dt: float,
+                refresh: bool) -> IdmStep:
         """Advance every agent slot one step of `dt` s by IDM from the `[S, C, A]` state (the caller keeps
-        the result only for IDM vehicles after the takeover). `refresh` re-chooses the non-ego leader
+        the result only for IDM vehicles after the takeover). `log_s`, `log_speed` `[S, 1, A]` are the
+        logged arc length (m) and speed (m/s) at the next step; `refresh` re-chooses the non-ego leader
         among the plan's candidates."""
         p = self.p
         s, c, a = x.shape
@@ -293,12 +301,19 @@ class IdmFollower:
         desired_gap = p.min_gap_m + (speed * p.headway_s
                                      + speed * closing / (2.0 * (p.accel_mps2 * p.decel_mps2) ** 0.5)).clamp(min=0.0)
         interaction = torch.where(torch.isfinite(gap), (desired_gap / gap.clamp(min=_MIN_GAP_M)) ** 2, 0.0)
-        free = (speed.clamp(min=0.0) / plan.desired_speed[:, None]) ** p.exponent
+        desired = torch.maximum(plan.desired_speed[:, None], log_speed).clamp(min=0.1)
+        free = (speed.clamp(min=0.0) / desired) ** p.exponent
         accel = (p.accel_mps2 * (1.0 - free - interaction)).clamp(-self.bounds.decel_max_mps2,
                                                                   self.bounds.accel_max_mps2)
         accel = torch.maximum(accel, -speed.clamp(min=0.0) / dt)     # stop, never reverse
         new_speed = speed + accel * dt
         new_s = path_s + (speed + new_speed) * (0.5 * dt)
+        # Never ahead of the log: a reactive agent yields, it does not drive more boldly than it did (a
+        # parked or stalled car stays put); once caught up it rejoins its logged speed.
+        caught_up = new_s >= log_s
+        new_s = torch.where(caught_up, log_s, new_s)
+        new_speed = torch.where(caught_up, torch.minimum(new_speed, log_speed), new_speed)
+        accel = (new_speed - speed) / dt
         nx, ny, nh, kappa = self._on_path(plan, new_s)
         on_log = (new_s <= plan.path_end_s[:, None]) | plan.path_stays[:, None]
         return IdmStep(x=nx, y=ny, heading=nh, speed=new_speed, path_s=new_s, curvature=kappa, accel=accel,

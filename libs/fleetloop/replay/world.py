@@ -112,7 +112,8 @@ class WorldModel:
         if plan.has_idm:
             refresh = (k - scen.current_step) % max(1, self.params.leader_refresh_steps) == 0
             moved = self.follower.compute(plan, state.x, state.y, state.heading, state.speed, state.valid,
-                                          state.path_s, state.path_curvature, state.leader, scen.dt_s, refresh)
+                                          state.path_s, state.path_curvature, state.leader, path_s,
+                                          speed, scen.dt_s, refresh)
             active = plan.idm[:, None] & state.taken_over[..., None]
             x, y = torch.where(active, moved.x, x), torch.where(active, moved.y, y)
             heading, speed = torch.where(active, moved.heading, heading), torch.where(active, moved.speed, speed)
