@@ -18,6 +18,7 @@ THRESHOLDS = DecisionThresholds.from_config(CONFIG)
 PROVENANCE = Provenance(policy_version="rule@1", search_config_version="1+abcd1234", seed=7, device="cpu",
                         replay_config_version=CONFIG.version, created_ms=1_790_000_000_000)
 DT = 0.1
+ROBUSTNESS = Robustness(0.92, 0.4, 64, ("speed", "timing", "extra_agent", "perception_noise"), gate_pass_rate=0.97)
 OTHER = [AgentClass.CAR, AgentClass.CAR, AgentClass.CAR, AgentClass.TRUCK, AgentClass.BUS, AgentClass.PEDESTRIAN,
          AgentClass.CYCLIST, AgentClass.MOTORCYCLE, AgentClass.CONE]
 
@@ -146,8 +147,8 @@ def baseline_of(scen: ScenarioBatch) -> dict[str, torch.Tensor]:
 def make_pair(scen: ScenarioBatch, k: int = 8, seed: int = 0, **kw) -> replay_pb2.ScenarioSolutionPair:
     front = front_of(scen, k, seed)
     return build_pair(scen, 0, baseline_of(scen), front, solution_index=k // 2,
-                      cost_delta={"collision": -1.0, "ttc": -0.8, "comfort_accel": 0.3, "progress": 0.12},
+                      cost_delta={"collision": (1.0, 0.0), "ttc": -0.8, "comfort_accel": 0.3, "progress": 0.12},
                       config=CONFIG, provenance=PROVENANCE,
-                      robustness=Robustness(0.92, 0.4, 64, ("speed", "timing", "extra_agent", "perception_noise")),
+                      robustness=ROBUSTNESS,
                       front_objectives=torch.rand(k, 4, generator=torch.Generator().manual_seed(seed)),
                       baseline_triggers={"hard_brake": 1, "near_miss": 2}, solution_triggers={}, **kw)

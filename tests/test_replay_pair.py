@@ -10,7 +10,6 @@ import torch
 from fleetloop.replay.config import load_config
 from fleetloop.replay.pair import (
     Decision,
-    Robustness,
     build_pair,
     describe_decisions,
     ego_trajectories,
@@ -21,7 +20,18 @@ from fleetloop.replay.pair import (
 from fleetloop.replay.scenario import AgentClass, Rollout, ScenarioError
 from fleetloop.v1 import replay_pb2
 
-from tests.pairdata import CONFIG, DT, PROVENANCE, QUANT, THRESHOLDS, baseline_of, front_of, make_pair, make_scenario
+from tests.pairdata import (
+    CONFIG,
+    DT,
+    PROVENANCE,
+    QUANT,
+    ROBUSTNESS,
+    THRESHOLDS,
+    baseline_of,
+    front_of,
+    make_pair,
+    make_scenario,
+)
 
 
 def compressed(pair: replay_pb2.ScenarioSolutionPair) -> int:
@@ -60,7 +70,10 @@ def test_pair_reads_back_within_the_quantisation() -> None:
     assert torch.allclose(traj.t_s[:3], torch.tensor([0.0, 0.1, 0.2]))
     assert torch.allclose(traj.objectives, torch.rand(6, 4, generator=torch.Generator().manual_seed(1)))
     assert wire.problem.initial.speed_mps == pytest.approx(float(scen.speed[0, 0, 10]), abs=0.005)
-    assert {d.name: d.delta for d in wire.cost_delta}["ttc"] == pytest.approx(-0.8)
+    terms = {d.name: d for d in wire.cost_delta}
+    assert terms["ttc"].delta == pytest.approx(-0.8) and not terms["ttc"].HasField("baseline")
+    assert (terms["collision"].delta, terms["collision"].baseline, terms["collision"].solution) == (-1.0, 1.0, 0.0)
+    assert wire.robustness.gate_pass_rate == pytest.approx(0.97)
     assert dict(wire.baseline_triggers) == {"hard_brake": 1, "near_miss": 2} and not wire.solution_triggers
     assert wire.robustness.perturbations == 64 and list(wire.robustness.kinds)[-1] == "perception_noise"
     assert wire.provenance.policy_version == "rule@1" and wire.provenance.seed == 7
@@ -71,8 +84,8 @@ def test_a_pair_rebuilds_the_same_pair() -> None:
     pair = make_pair(scen)
     back, traj = pair_to_scenario(pair)
     again = build_pair(back, 0, traj.baseline, traj.front, traj.solution_index,
-                       {d.name: d.delta for d in pair.cost_delta}, CONFIG, PROVENANCE,
-                       robustness=Robustness(0.92, 0.4, 64, ("speed", "timing", "extra_agent", "perception_noise")),
+                       {d.name: (d.baseline, d.solution) if d.HasField("baseline") else d.delta
+                        for d in pair.cost_delta}, CONFIG, PROVENANCE, robustness=ROBUSTNESS,
                        decisions=[Decision(d.kind, d.text, d.value, d.unit, d.baseline_value, d.solution_value)
                                   for d in pair.decisions],
                        front_objectives=traj.objectives, baseline_triggers=dict(pair.baseline_triggers))

@@ -48,12 +48,14 @@ OTHER_CLASSES = frozenset(c for c in AgentClass if c not in (AgentClass.NONE, Ag
 @dataclass(frozen=True)
 class Robustness:
     """The solution re-validated under perturbed scenes: fraction won against the baseline, the worst total
-    cost change (solution − baseline), how many perturbed scenes and of which kinds."""
+    cost change (solution − baseline), how many perturbed scenes and of which kinds, and the fraction where
+    the solution passes every hard gate."""
 
     win_rate: float
     worst_cost_delta: float
     perturbations: int
     kinds: tuple[str, ...] = ()
+    gate_pass_rate: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,16 @@ def _trajectory_rows(traj: Mapping[str, torch.Tensor], rows: int | None, n_steps
     return out, valid
 
 
+def _term_delta(name: str, value: float | tuple[float, float]) -> replay_pb2.TermDelta:
+    if isinstance(value, tuple | list):
+        base, sol = (float(v) for v in value)
+        return replay_pb2.TermDelta(name=name, delta=sol - base, baseline=base, solution=sol)
+    return replay_pb2.TermDelta(name=name, delta=float(value))
+
+
 def build_pair(scen: ScenarioBatch, index: int, baseline: Mapping[str, torch.Tensor],
-               front: Mapping[str, torch.Tensor], solution_index: int, cost_delta: Mapping[str, float],
+               front: Mapping[str, torch.Tensor], solution_index: int,
+               cost_delta: Mapping[str, float | tuple[float, float]],
                config: ReplayConfig, provenance: Provenance, robustness: Robustness | None = None,
                decisions: Sequence[Decision] | None = None, front_objectives: torch.Tensor | None = None,
                baseline_triggers: Mapping[str, int] | None = None,
@@ -153,7 +163,9 @@ def build_pair(scen: ScenarioBatch, index: int, baseline: Mapping[str, torch.Ten
 
     `baseline`: x, y, heading, speed (m, m, rad, m/s) as [T] tensors, optionally `valid` [T] bool — the ego
     rolled out with the baseline actions. `front`: the same keys as [K, T] (the Pareto front, K >= 1);
-    `solution_index` in [0, K). `cost_delta`: per cost term, solution − baseline in the term's unit.
+    `solution_index` in [0, K) (a solution outside the front goes into `front` too). `cost_delta`: per cost
+    term, either solution − baseline or the pair (baseline value, solution value), in the term's unit
+    (`SearchResult.cost_change[i]` as it is).
     `decisions`: None computes them with `describe_decisions` and `codec.decisions` of `config`.
     `front_objectives` [K, 4] (safety, comfort, efficiency, compliance) when known. Trigger counts: fleet
     trigger name -> events on the baseline / solution rollout. Raises ScenarioError naming the scenario
@@ -239,7 +251,7 @@ def build_pair(scen: ScenarioBatch, index: int, baseline: Mapping[str, torch.Ten
         baseline=base_track, solution_index=solution_index,
         front=[replay_pb2.ParetoTrajectory(trajectory=trk, objectives=[] if objectives is None else
                                            objectives[i].tolist()) for i, trk in enumerate(front_tracks)],
-        cost_delta=[replay_pb2.TermDelta(name=n, delta=float(v)) for n, v in cost_delta.items()],
+        cost_delta=[_term_delta(n, v) for n, v in cost_delta.items()],
         decisions=[replay_pb2.Decision(kind=d.kind, text=d.text, value=d.value, unit=d.unit,
                                        baseline_value=d.baseline_value, solution_value=d.solution_value)
                    for d in decisions],
@@ -254,7 +266,8 @@ def build_pair(scen: ScenarioBatch, index: int, baseline: Mapping[str, torch.Ten
         pair.robustness.CopyFrom(replay_pb2.Robustness(win_rate=robustness.win_rate,
                                                        worst_cost_delta=robustness.worst_cost_delta,
                                                        perturbations=robustness.perturbations,
-                                                       kinds=list(robustness.kinds)))
+                                                       kinds=list(robustness.kinds),
+                                                       gate_pass_rate=robustness.gate_pass_rate))
     return pair
 
 
