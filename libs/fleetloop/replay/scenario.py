@@ -174,8 +174,21 @@ class ScenarioBatch:
         for name in ("length", "width", "agent_class"):
             if tuple(getattr(self, name).shape) != (s, a):
                 raise ScenarioError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {(s, a)}")
+        p, v = self.map_xy.shape[1:3] if self.map_xy.dim() == 4 else (-1, -1)
+        for name, shape in (("map_xy", (s, p, v, 2)), ("map_valid", (s, p, v)), ("map_kind", (s, p)),
+                            ("map_speed_limit_mps", (s, p))):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ScenarioError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
+        if (self.planner_xy is None) != (self.planner_valid is None):
+            raise ScenarioError("planner_xy and planner_valid come together")
+        if self.planner_xy is not None and (tuple(self.planner_xy.shape) != (s, t, 2)
+                                            or tuple(self.planner_valid.shape) != (s, t)):
+            raise ScenarioError(f"planner_xy/planner_valid have shapes {tuple(self.planner_xy.shape)}/"
+                                f"{tuple(self.planner_valid.shape)}, expected {(s, t, 2)}/{(s, t)}")
         if len(self.meta) != s:
             raise ScenarioError(f"{len(self.meta)} metadata entries for {s} scenarios")
+        if s == 0:
+            raise ScenarioError("no scenarios in the batch")
         if t == 0 or a == 0:
             raise ScenarioError(f"empty window: {a} agents × {t} steps")
         if not 0 <= self.current_step < t:
@@ -204,18 +217,24 @@ class ScenarioBatch:
 
 
 def concat(batches: Sequence[ScenarioBatch]) -> ScenarioBatch:
-    """One batch of all scenarios; agent, step and map dimensions must already agree (see `pad`)."""
+    """One batch of all scenarios; agent, step and map dimensions must already agree. Raises
+    ScenarioError naming the first batch that does not fit."""
     if not batches:
         raise ScenarioError("no scenarios to concatenate")
     first = batches[0]
-    if any(b.dt_s != first.dt_s or b.current_step != first.current_step for b in batches):
-        raise ScenarioError("scenarios with different dt_s or current_step cannot share a batch")
-    joined = {}
-    for name, value in first.tensors().items():
-        parts = [getattr(b, name) for b in batches]
-        if any(p is None for p in parts):
-            raise ScenarioError(f"{name} is present in some scenarios only")
-        joined[name] = torch.cat(parts, dim=0)
+    names = first.tensors().keys()
+    for j, b in enumerate(batches):
+        if b.dt_s != first.dt_s or b.current_step != first.current_step:
+            raise ScenarioError(f"batch {j}: dt_s {b.dt_s} / current_step {b.current_step} differ from batch 0's "
+                                f"{first.dt_s} / {first.current_step}; they cannot share a batch")
+        if b.tensors().keys() != names:
+            raise ScenarioError(f"batch {j}: optional fields {sorted(set(b.tensors()) ^ set(names))} are present "
+                                "in some batches only")
+        for name, value in b.tensors().items():
+            if value.shape[1:] != getattr(first, name).shape[1:]:
+                raise ScenarioError(f"batch {j}: {name} has shape {tuple(value.shape)}, batch 0 "
+                                    f"{tuple(getattr(first, name).shape)} (agents, steps and map size must agree)")
+    joined = {name: torch.cat([getattr(b, name) for b in batches], dim=0) for name in names}
     return replace(first, meta=[m for b in batches for m in b.meta], **joined)
 
 
