@@ -168,7 +168,7 @@ def test_map_crop_has_the_ego_lane_with_its_limit_and_junction_elements(suite):
     left = pick(suite, "unprotected_left")
     assert bool((suite.map_kind[left] == MapKind.STOP_LINE).any(dim=1).all())
     assert bool((suite.map_kind[left] == MapKind.CROSSWALK).any(dim=1).all())
-    assert float(suite.map_xy[suite.map_valid].norm(dim=-1).max()) <= 150.0 + 1e-3
+    assert float(suite.map_xy[suite.map_valid].norm(dim=-1).max()) <= 220.0 + 1e-3
 
 
 def test_collision_families_collide_in_the_log_and_braking_within_the_bound_avoids_every_agent(suite):
