@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fleetloop.replay.config import load_config
+from fleetloop.replay.generator import FAMILIES, generate_suite
 from fleetloop.replay.pair import (
     Decision,
     build_pair,
@@ -57,12 +58,11 @@ def test_pair_reads_back_within_the_quantisation() -> None:
     dh = (back.heading - scen.heading + math.pi) % (2 * math.pi) - math.pi
     assert float(dh.abs()[v].max()) <= QUANT.heading_step_rad / 2 + 1e-6
     assert torch.allclose(back.vx[v], scen.vx[v], atol=0.02)
-    used = int((scen.map_kind > 0).sum())            # padding polylines are not carried
-    assert back.map_xy.shape[1] == used and bool((scen.map_kind[0, used:] == 0).all())
-    mv = scen.map_valid[:, :used]
-    assert torch.equal(back.map_valid, mv) and torch.equal(back.map_kind, scen.map_kind[:, :used])
-    assert float((back.map_xy - scen.map_xy[:, :used]).abs()[mv].max()) <= 0.005 + 1e-4
-    assert torch.equal(back.map_speed_limit_mps.isnan(), scen.map_speed_limit_mps[:, :used].isnan())
+    mv = scen.map_valid
+    assert torch.equal(back.map_valid, mv) and torch.equal(back.map_kind, scen.map_kind)
+    assert float((back.map_xy - scen.map_xy).abs()[mv].max()) <= 0.005 + 1e-4
+    assert torch.equal(back.map_speed_limit_mps.isnan(), scen.map_speed_limit_mps.isnan())
+    assert len(wire.problem.map) == int((scen.map_kind > 0).sum()) < scen.map_kind.shape[1]  # padding not carried
     assert traj.solution_index == 3 and traj.front["x"].shape == (6, 150)
     assert float((traj.front["x"] - front["x"]).abs().max()) <= 0.005 + 1e-4
     assert float((traj.front["speed"] - front["speed"]).abs().max()) <= 0.005 + 1e-4
@@ -261,3 +261,31 @@ def test_damaged_or_unknown_pairs_are_refused() -> None:
     damaged.problem.agents[0].track.x = damaged.problem.agents[0].track.x[:-1]
     with pytest.raises(ScenarioError, match="scenario gen-9: agent x: row 1 codes"):
         pair_to_scenario(damaged)
+
+
+def test_generated_suite_round_trips_and_sizes() -> None:
+    suite = generate_suite(4 * len(FAMILIES), 21, CONFIG)
+    sizes = {}
+    for i in range(suite.n_scenarios):
+        one = suite.select([i])
+        pair = make_pair(one, k=8, seed=i)
+        back, traj = pair_to_scenario(pair_from_bytes(pair_to_bytes(pair, CONFIG)))
+        for name, tensor in one.tensors().items():
+            got = getattr(back, name)
+            if name in ("x", "y", "speed", "vx", "vy", "map_xy"):
+                assert float((got - tensor).abs().max()) <= (0.005 if name != "vx" and name != "vy" else 0.01) + 1e-4
+            elif name == "heading":
+                assert float(((got - tensor + math.pi) % (2 * math.pi) - math.pi).abs().max()) <= 0.0005 + 1e-6
+            else:
+                assert torch.equal(got.isnan(), tensor.isnan()) and torch.equal(got.nan_to_num(), tensor.nan_to_num())
+        assert back.meta == one.meta
+        sizes.setdefault(one.meta[0].family, []).append((pair.ByteSize(), len(pair_to_bytes(pair, CONFIG))))
+    raw = np.array([r for rows in sizes.values() for r, _ in rows]) / 1000
+    packed = np.array([z for rows in sizes.values() for _, z in rows]) / 1000
+    print(f"\ngenerated suite ({suite.n_scenarios} scenarios, {suite.n_steps} steps, {suite.n_agents} slots, 8 front "
+          f"trajectories): raw p50 {np.percentile(raw, 50):.1f} p95 {np.percentile(raw, 95):.1f} kB, zlib p50 "
+          f"{np.percentile(packed, 50):.1f} p95 {np.percentile(packed, 95):.1f} max {packed.max():.1f} kB")
+    for family, rows in sizes.items():
+        print(f"  {family:22} raw {np.mean([r for r, _ in rows]) / 1000:5.1f} kB  zlib "
+              f"{np.mean([z for _, z in rows]) / 1000:4.1f} kB")
+    assert packed.max() <= 10

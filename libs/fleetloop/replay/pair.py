@@ -6,9 +6,10 @@ Build one with `build_pair` from a `ScenarioBatch`, the index of the scenario in
 Tracks are coded by `fleetloop.replay.codec` (fixed point, error <= step / 2, steps in the pair).
 
 What a pair does not carry, so `pair_to_scenario` rebuilds it: agents' frame velocities (vx, vy =
-speed · (cos, sin) heading), agent slots with no valid step (empty slots), the on-board planner's
-path (`planner_xy` is None), padding polylines. Trajectories are coded from `current_step` on (earlier
-steps repeat the log by the Rollout convention) and read back with the ego's log before it.
+speed · (cos, sin) heading), agent slots with no valid step (empty: zeros, class NONE), the on-board
+planner's path (`planner_xy` is None), padding polylines (the carried ones come first, in slot order).
+Trajectories are coded from `current_step` on (earlier steps repeat the log by the Rollout convention)
+and read back with the ego's log before them.
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ def build_pair(scen: ScenarioBatch, index: int, baseline: Mapping[str, torch.Ten
     problem = replay_pb2.ScenarioProblem(
         scenario_id=sid, case_id=meta.case_id, vehicle_id=meta.vehicle_id, t0_ms=meta.t0_ms, dt_s=one.dt_s,
         n_steps=t, current_step=cur, n_agent_slots=one.n_agents, n_vertex_slots=int(one.map_xy.shape[2]),
+        n_polyline_slots=int(one.map_xy.shape[1]),
         city=meta.city, origin_x_m=meta.origin_x_m, origin_y_m=meta.origin_y_m,
         origin_heading_rad=meta.origin_heading_rad, road_type=meta.road_type, weather=meta.weather,
         light=meta.light, tags=list(meta.tags), family=meta.family, answer=meta.answer,
@@ -307,19 +309,26 @@ def pair_to_scenario(pair: replay_pb2.ScenarioSolutionPair,
     size = np.array([[prob.ego_length_m, prob.ego_width_m]] + [[ag.length_m, ag.width_m] for ag in prob.agents],
                     dtype=np.float32)
     classes = np.array([AgentClass.EGO] + [ag.object_class for ag in prob.agents], dtype=np.int64)
-    n_poly = len(prob.map)
-    map_xy = np.stack([polys.channels["x"], polys.channels["y"]], axis=-1).reshape(n_poly, prob.n_vertex_slots, 2)
+    # padding polylines (kind 0, no valid vertex, NaN speed limit) go back after the carried ones
+    n_poly, v_slots = max(prob.n_polyline_slots, len(prob.map)), prob.n_vertex_slots
+    map_xy = np.zeros((n_poly, v_slots, 2), dtype=np.float32)
+    map_valid = np.zeros((n_poly, v_slots), dtype=bool)
+    map_kind = np.zeros(n_poly, dtype=np.int64)
+    speed_limit = np.full(n_poly, np.nan, dtype=np.float32)
+    used = len(prob.map)
+    map_xy[:used] = np.stack([polys.channels["x"], polys.channels["y"]], axis=-1).reshape(used, v_slots, 2)
+    map_valid[:used] = polys.valid
+    map_kind[:used] = [p.kind for p in prob.map]
+    speed_limit[:used] = [p.speed_limit_mps for p in prob.map]
     scen = ScenarioBatch(
         x=ch["x"], y=ch["y"], heading=ch["heading"], speed=ch["speed"],
         vx=ch["speed"] * torch.cos(ch["heading"]) * valid, vy=ch["speed"] * torch.sin(ch["heading"]) * valid,
         valid=valid, filled=agent_array(agents.filled, np.bool_),
         length=agent_array(size[:, 0], np.float32), width=agent_array(size[:, 1], np.float32),
         agent_class=agent_array(classes, np.int64),
-        map_xy=torch.as_tensor(map_xy, device=device)[None],
-        map_valid=torch.as_tensor(polys.valid, device=device)[None],
-        map_kind=torch.as_tensor(np.array([p.kind for p in prob.map], dtype=np.int64), device=device)[None],
-        map_speed_limit_mps=torch.as_tensor(np.array([p.speed_limit_mps for p in prob.map], dtype=np.float32),
-                                            device=device)[None],
+        map_xy=torch.as_tensor(map_xy, device=device)[None], map_valid=torch.as_tensor(map_valid, device=device)[None],
+        map_kind=torch.as_tensor(map_kind, device=device)[None],
+        map_speed_limit_mps=torch.as_tensor(speed_limit, device=device)[None],
         dt_s=float(prob.dt_s), current_step=cur,
         meta=[ScenarioMeta(scenario_id=sid, case_id=prob.case_id, vehicle_id=prob.vehicle_id, t0_ms=prob.t0_ms,
                            origin_x_m=prob.origin_x_m, origin_y_m=prob.origin_y_m,
