@@ -289,3 +289,19 @@ def test_generated_suite_round_trips_and_sizes() -> None:
         print(f"  {family:22} raw {np.mean([r for r, _ in rows]) / 1000:5.1f} kB  zlib "
               f"{np.mean([z for _, z in rows]) / 1000:4.1f} kB")
     assert packed.max() <= 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_builds_and_reads_the_same_pair() -> None:
+    scen = make_scenario(12, agents=16, steps=60)
+    front = front_of(scen, 4, 12)
+    cpu = build_pair(scen, 0, baseline_of(scen), front, 1, {}, CONFIG, PROVENANCE)
+    gpu_scen = scen.to("cuda")
+    gpu = build_pair(gpu_scen, 0, baseline_of(gpu_scen), {k: v.cuda() for k, v in front.items()}, 1, {}, CONFIG,
+                     PROVENANCE)
+    assert gpu.SerializeToString(deterministic=True) == cpu.SerializeToString(deterministic=True)
+    back_cpu, _ = pair_to_scenario(cpu)
+    back_gpu, traj = pair_to_scenario(cpu, device="cuda")
+    assert back_gpu.device.type == "cuda" and traj.front["x"].device.type == "cuda"
+    for name, tensor in back_cpu.tensors().items():
+        assert torch.equal(getattr(back_gpu, name).cpu().nan_to_num(), tensor.nan_to_num()), name
