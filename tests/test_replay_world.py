@@ -170,7 +170,9 @@ def test_desired_speed_from_the_lane_limit(world):
     scen = scene([(30.0, 3.5, 12.0, AgentClass.CAR), (30.0, 1.0, 12.0, AgentClass.CAR),
                   (30.0, 40.0, 12.0, AgentClass.CAR), (30.0, -3.5, 12.0, AgentClass.CAR)], speed_limit=13.9)
     scen.heading[0, 4] = 3.1
-    assert world.initial(scen, 1).plan.desired_speed[0].tolist() == pytest.approx([13.9, 13.9, 13.9, 30.0, 30.0])
+    plan = world.initial(scen, 1).plan
+    assert plan.followers[0].tolist() == [1, 2, 3, 4]
+    assert plan.desired_speed[0].tolist() == pytest.approx([13.9, 13.9, 30.0, 30.0])
 
 
 def test_idm_agent_never_ahead_of_its_log(world):

@@ -77,12 +77,14 @@ class AgentPlan:
 
     `base_*` `[S, A, T]`: each agent's track when it does not depend on the candidate (log, or constant
     velocity), forward-filled from `current_step` over gaps in the log (`base_valid` keeps the log's
-    mask). `idm` `[S, A]`: the car-following vehicles. Paths `[S, A, P]` (P = T − current_step + 1):
-    the logged positions from `current_step` on plus a far extension, with arc length `path_s` (m),
-    heading and curvature; `path_end_s` `[S, A]` the arc length of the last logged point and
-    `path_stays` whether the agent is still in the log at the last step (then it stays valid past it).
-    `leaders` `[S, A, K]` the non-ego agents that can become a follower's leader, with
-    `leaders_valid`; `desired_speed` `[S, A]` m/s; `length`, `width` `[S, A]` (m).
+    mask). The car-following vehicles are gathered into F follower slots (F = the most IDM vehicles of
+    any scenario, so padding agents cost nothing): `followers` `[S, F]` their agent slots (`EGO` where
+    padding) with `follower_ok`. Per follower: paths `[S, F, P]` (P = T − current_step + 1), the logged
+    positions from `current_step` on plus a far extension, with arc length `path_s` (m), heading and
+    curvature; `path_end_s` `[S, F]` the arc length of the last logged point and `path_stays` whether
+    the agent is still in the log at the last step (then it stays valid past it); `leaders` `[S, F, K]`
+    the agent slots that can become its non-ego leader, with `leaders_valid`; `desired_speed` `[S, F]`
+    (m/s). `length`, `width` `[S, A]` (m) of every agent.
     """
 
     base_x: Tensor
@@ -92,7 +94,8 @@ class AgentPlan:
     base_valid: Tensor
     base_accel: Tensor
     base_curvature: Tensor
-    idm: Tensor
+    followers: Tensor
+    follower_ok: Tensor
     has_idm: bool
     path_x: Tensor
     path_y: Tensor
@@ -155,26 +158,33 @@ def _lane_desired_speed(scen: ScenarioBatch, params: IdmParams) -> Tensor:
     return torch.where(found, limit.clamp(max=params.desired_speed_mps), params.desired_speed_mps)
 
 
-def _leader_candidates(bx: Tensor, by: Tensor, bh: Tensor, bcurv: Tensor, bvalid: Tensor, corridor: Tensor,
-                       speed: Tensor, params: IdmParams) -> tuple[Tensor, Tensor]:
-    """For each follower, the K other non-ego agents that share its corridor at some (sub-sampled) logged
-    step, ahead or behind within its lookahead, nearest first: `[S, A, K]` indices and validity. The
-    per-step search then checks only these and the ego, which keeps it O(A·K) instead of O(A²); an
-    agent that never shares a vehicle's corridor in the log is assumed not to become its leader."""
-    s, a, _ = bx.shape
-    dx = bx[:, None, :, :] - bx[:, :, None, :]                                   # [S, i, j, t]
-    dy = by[:, None, :, :] - by[:, :, None, :]
-    cos, sin = torch.cos(bh)[:, :, None, :], torch.sin(bh)[:, :, None, :]
+def _leader_candidates(slots: Tensor, bx: Tensor, by: Tensor, bh: Tensor, bcurv: Tensor, bvalid: Tensor,
+                       corridor: Tensor, speed: Tensor, params: IdmParams) -> tuple[Tensor, Tensor]:
+    """For each follower (agent `slots` `[S, F]`), the K other non-ego agents that share its corridor at
+    some (sub-sampled) logged step, ahead or behind within its lookahead, nearest first: `[S, F, K]`
+    agent slots and validity. The per-step search then checks only these and the ego, which keeps it
+    O(F·K) instead of O(A²); an agent that never shares a vehicle's corridor in the log is assumed not
+    to become its leader. Tracks are `[S, A, t]`, `corridor` `[S, A, A]` (m)."""
+    s, a, t = bx.shape
+    f = slots.shape[1]
+
+    def own(v: Tensor) -> Tensor:
+        return v.gather(1, slots[..., None].expand(s, f, t))
+
+    dx = bx[:, None, :, :] - own(bx)[:, :, None, :]                              # [S, F, A, t]
+    dy = by[:, None, :, :] - own(by)[:, :, None, :]
+    cos, sin = torch.cos(own(bh))[:, :, None, :], torch.sin(own(bh))[:, :, None, :]
     lon = dx * cos + dy * sin
     lat = dy * cos - dx * sin
-    kappa = bcurv[:, :, None, :]
-    reach = params.lookahead_m(speed)[:, :, None, :]
-    others = ~torch.eye(a, dtype=torch.bool, device=bx.device)
-    others[:, EGO] = False
-    shared = (bvalid[:, :, None, :] & bvalid[:, None, :, :] & others[None, :, :, None]
+    kappa = own(bcurv)[:, :, None, :]
+    reach = params.lookahead_m(own(speed))[:, :, None, :]
+    others = slots[..., None] != torch.arange(a, device=bx.device)                # [S, F, A]
+    others[..., EGO] = False
+    width = corridor.gather(1, slots[..., None].expand(s, f, a))
+    shared = (own(bvalid)[:, :, None, :] & bvalid[:, None, :, :] & others[..., None]
               & (lon.abs() <= reach) & ((kappa * lon).abs() <= _MAX_ARC_RAD)
-              & ((lat - 0.5 * kappa * lon * lon).abs() <= corridor[..., None]))
-    score = torch.where(shared, lon.abs(), _INF).amin(dim=-1)                    # [S, i, j]
+              & ((lat - 0.5 * kappa * lon * lon).abs() <= width[..., None]))
+    score = torch.where(shared, lon.abs(), _INF).amin(dim=-1)                    # [S, F, A]
     k = max(0, min(params.leader_candidates, a - 2))
     best, index = torch.topk(score, k, dim=-1, largest=False)
     return index, torch.isfinite(best)
@@ -213,38 +223,47 @@ def prepare_agents(scen: ScenarioBatch, models: Tensor, params: IdmParams, bound
     accel, curvature = torch.where(cv_t, 0.0, accel), torch.where(cv_t, 0.0, curvature)
     base_valid = torch.where(cv_t, True, base_valid)
 
+    # The IDM vehicles first in each scenario's follower slots; padding slots point at the ego, never used.
+    n_followers = int(idm.sum(dim=1).max()) if s else 0
+    slots = torch.sort((~idm).to(torch.uint8), dim=1, stable=True).indices[:, :n_followers]
+    follower_ok = idm.gather(1, slots)
+    slots = torch.where(follower_ok, slots, EGO)
+    tf = t - c
+
+    def own(v: Tensor) -> Tensor:
+        return v[:, :, c:].gather(1, slots[..., None].expand(s, n_followers, tf))
+
     # Paths: logged positions from c on (forward-filled) plus a straight extension past the last one.
-    ext_x = bx[:, :, -1:] + _EXTENSION_M * torch.cos(bh[:, :, -1:])
-    ext_y = by[:, :, -1:] + _EXTENSION_M * torch.sin(bh[:, :, -1:])
-    path_x = torch.cat([bx[:, :, c:], ext_x], dim=-1)
-    path_y = torch.cat([by[:, :, c:], ext_y], dim=-1)
-    path_heading = torch.cat([bh[:, :, c:], bh[:, :, -1:]], dim=-1)
+    fx, fy, fh = own(bx), own(by), own(bh)
+    path_x = torch.cat([fx, fx[..., -1:] + _EXTENSION_M * torch.cos(fh[..., -1:])], dim=-1)
+    path_y = torch.cat([fy, fy[..., -1:] + _EXTENSION_M * torch.sin(fh[..., -1:])], dim=-1)
+    path_heading = torch.cat([fh, fh[..., -1:]], dim=-1)
     seg = torch.hypot(path_x.diff(dim=-1), path_y.diff(dim=-1))
     path_s = torch.cat([torch.zeros_like(seg[..., :1]), seg.cumsum(dim=-1)], dim=-1)
     turn = wrap_angle(path_heading.diff(dim=-1))
     seg_curv = torch.where(seg > 0.1, turn / seg.clamp(min=0.1), 0.0)
     path_curvature = torch.cat([seg_curv, torch.zeros_like(seg_curv[..., :1])], dim=-1)
-    last_valid = torch.where(scen.valid[:, :, c:], torch.arange(t - c, device=device), 0).amax(dim=-1)
+    last_valid = torch.where(own(scen.valid), torch.arange(tf, device=device), 0).amax(dim=-1)
     path_end_s = path_s.gather(-1, last_valid[..., None])[..., 0]
 
-    desired = _lane_desired_speed(scen, params)
-    corridor_full = (scen.width[:, :, None] + scen.width[:, None, :]) * 0.5 + params.corridor_margin_m  # [S, i, j]
-    stride = max(1, params.candidate_stride_steps)
-    sub = slice(c, t, stride)
+    desired = _lane_desired_speed(scen, params).gather(1, slots)
+    corridor = (scen.width[:, :, None] + scen.width[:, None, :]) * 0.5 + params.corridor_margin_m  # [S, i, j]
+    sub = slice(c, t, max(1, params.candidate_stride_steps))
     logged_curv = torch.where(scen.valid[:, :, sub], curvature[:, :, sub], 0.0)
-    others, others_valid = _leader_candidates(bx[:, :, sub], by[:, :, sub], bh[:, :, sub], logged_curv,
-                                              base_valid[:, :, sub], corridor_full, bv[:, :, sub], params)
-    others_valid &= idm[..., None]
+    leaders, leaders_valid = _leader_candidates(slots, bx[:, :, sub], by[:, :, sub], bh[:, :, sub], logged_curv,
+                                                base_valid[:, :, sub], corridor, bv[:, :, sub], params)
+    leaders_valid &= follower_ok[..., None]
     return AgentPlan(base_x=bx, base_y=by, base_heading=bh, base_speed=bv, base_valid=base_valid, base_accel=accel,
-                     base_curvature=curvature, idm=idm, has_idm=bool(idm.any()), path_x=path_x, path_y=path_y,
-                     path_heading=path_heading, path_curvature=path_curvature, path_s=path_s, path_end_s=path_end_s,
-                     path_stays=scen.valid[:, :, -1], leaders=others, leaders_valid=others_valid,
-                     desired_speed=desired, length=scen.length, width=scen.width)
+                     base_curvature=curvature, followers=slots, follower_ok=follower_ok, has_idm=n_followers > 0,
+                     path_x=path_x, path_y=path_y, path_heading=path_heading, path_curvature=path_curvature,
+                     path_s=path_s, path_end_s=path_end_s, path_stays=scen.valid[:, :, -1].gather(1, slots),
+                     leaders=leaders, leaders_valid=leaders_valid, desired_speed=desired, length=scen.length,
+                     width=scen.width)
 
 
 @dataclass
 class IdmStep:
-    """One IDM step's result for every agent slot, `[S, C, A]`: position (m), heading (rad), speed (m/s),
+    """One IDM step's result for every follower slot, `[S, C, F]`: position (m), heading (rad), speed (m/s),
     arc length along the path (m) and path curvature there (1/m), applied acceleration (m/s²), the
     current non-ego leader's agent slot (`EGO` when there is none), validity."""
 
@@ -279,71 +298,77 @@ class IdmFollower:
     def compute(self, plan: AgentPlan, x: Tensor, y: Tensor, heading: Tensor, speed: Tensor, valid: Tensor,
                 path_s: Tensor, curvature: Tensor, leader: Tensor, log_s: Tensor, log_speed: Tensor, dt: float,
                 refresh: bool) -> IdmStep:
-        """Advance every agent slot one step of `dt` s by IDM from the `[S, C, A]` state (the caller keeps
-        the result only for IDM vehicles after the takeover). `log_s`, `log_speed` `[S, 1, A]` are the
-        logged arc length (m) and speed (m/s) at the next step; `refresh` re-chooses the non-ego leader
-        among the plan's candidates."""
+        """Advance every follower one step of `dt` s by IDM. `x` … `valid` are every agent's state `[S, C, A]`;
+        `path_s`, `curvature`, `leader` `[S, C, F]` the followers' own; `log_s`, `log_speed` `[S, 1, F]` their
+        logged arc length (m) and speed (m/s) at the next step. The caller keeps the result only for IDM
+        vehicles after the takeover. `refresh` re-chooses the non-ego leader among the plan's candidates."""
         p = self.p
-        s, c, a = x.shape
-        cos, sin = torch.cos(heading), torch.sin(heading)
-        reach = p.lookahead_m(speed)
-        state = (x, y, heading, speed, valid, cos, sin, curvature, reach)
+        s, c, _ = x.shape
+        f = plan.followers.shape[1]
+        mine = plan.followers[:, None].expand(s, c, f)
+        fx, fy, fh, fv = (v.gather(2, mine) for v in (x, y, heading, speed))
+        cos, sin = torch.cos(fh), torch.sin(fh)
+        reach = p.lookahead_m(fv)
+        own = (fx, fy, fh, fv, cos, sin, curvature, reach, plan.width.gather(1, plan.followers)[:, None],
+               plan.length.gather(1, plan.followers)[:, None])
+        world = (x, y, heading, speed, valid)
         if refresh and plan.leaders.shape[-1] > 0:
             k = plan.leaders.shape[-1]
-            candidates = plan.leaders[:, None].expand(s, c, a, k)
-            gap, _ = self._leading(plan, state, candidates, plan.leaders_valid[:, None])
+            candidates = plan.leaders[:, None].expand(s, c, f, k)
+            gap, _ = self._leading(plan, own, world, candidates, plan.leaders_valid[:, None])
             best, nearest = gap.min(dim=-1)
             leader = torch.where(torch.isfinite(best), candidates.gather(-1, nearest[..., None])[..., 0], EGO)
         pair = torch.stack([torch.zeros_like(leader), leader], dim=-1)             # the ego and the chosen agent
-        gap, along = self._leading(plan, state, pair, plan.idm[:, None, :, None], with_speed=True)
+        gap, along = self._leading(plan, own, world, pair, plan.follower_ok[:, None, :, None], with_speed=True)
         gap, nearest = gap.min(dim=-1)
-        closing = speed - along.gather(-1, nearest[..., None])[..., 0]
-        desired_gap = p.min_gap_m + (speed * p.headway_s
-                                     + speed * closing / (2.0 * (p.accel_mps2 * p.decel_mps2) ** 0.5)).clamp(min=0.0)
+        closing = fv - along.gather(-1, nearest[..., None])[..., 0]
+        desired_gap = p.min_gap_m + (fv * p.headway_s
+                                     + fv * closing / (2.0 * (p.accel_mps2 * p.decel_mps2) ** 0.5)).clamp(min=0.0)
         interaction = torch.where(torch.isfinite(gap), (desired_gap / gap.clamp(min=_MIN_GAP_M)) ** 2, 0.0)
         desired = torch.maximum(plan.desired_speed[:, None], log_speed).clamp(min=0.1)
-        free = (speed.clamp(min=0.0) / desired) ** p.exponent
+        free = (fv.clamp(min=0.0) / desired) ** p.exponent
         accel = (p.accel_mps2 * (1.0 - free - interaction)).clamp(-self.bounds.decel_max_mps2,
                                                                   self.bounds.accel_max_mps2)
-        accel = torch.maximum(accel, -speed.clamp(min=0.0) / dt)     # stop, never reverse
-        new_speed = speed + accel * dt
-        new_s = path_s + (speed + new_speed) * (0.5 * dt)
+        accel = torch.maximum(accel, -fv.clamp(min=0.0) / dt)     # stop, never reverse
+        new_speed = fv + accel * dt
+        new_s = path_s + (fv + new_speed) * (0.5 * dt)
         # Never ahead of the log: a reactive agent yields, it does not drive more boldly than it did (a
         # parked or stalled car stays put); once caught up it rejoins its logged speed.
         caught_up = new_s >= log_s
         new_s = torch.where(caught_up, log_s, new_s)
         new_speed = torch.where(caught_up, torch.minimum(new_speed, log_speed), new_speed)
-        accel = (new_speed - speed) / dt
+        accel = (new_speed - fv) / dt
         nx, ny, nh, kappa = self._on_path(plan, new_s)
         on_log = (new_s <= plan.path_end_s[:, None]) | plan.path_stays[:, None]
         return IdmStep(x=nx, y=ny, heading=nh, speed=new_speed, path_s=new_s, curvature=kappa, accel=accel,
                        leader=leader, valid=on_log)
 
-    def _leading(self, plan: AgentPlan, state: tuple[Tensor, ...], others: Tensor, others_ok: Tensor,
-                 with_speed: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _leading(self, plan: AgentPlan, own: tuple[Tensor, ...], world: tuple[Tensor, ...], others: Tensor,
+                 others_ok: Tensor, with_speed: bool = False) -> tuple[Tensor, Tensor | None]:
         """Bumper-to-bumper gap (m, inf where not a leader) from each follower to each agent slot in
-        `others` `[S, C, A, n]`, and (with `with_speed`) that agent's speed along the follower's heading."""
-        x, y, heading, speed, valid, cos, sin, kappa, reach = state
-        s, c, a, n = others.shape
-        flat = others.reshape(s, c, a * n)
+        `others` `[S, C, F, n]`, and (with `with_speed`) that agent's speed along the follower's heading."""
+        fx, fy, fh, _, cos, sin, kappa, reach, fw, fl = own
+        x, y, heading, speed, valid = world
+        s, c, f, n = others.shape
+        flat = others.reshape(s, c, f * n)
 
         def of(v: Tensor) -> Tensor:
-            return v.expand(s, c, a).gather(2, flat).view(s, c, a, n)
+            return v.expand(s, c, -1).gather(2, flat).view(s, c, f, n)
 
-        dx, dy = of(x) - x[..., None], of(y) - y[..., None]
+        dx, dy = of(x) - fx[..., None], of(y) - fy[..., None]
         cos, sin, kappa = cos[..., None], sin[..., None], kappa[..., None]
         lon = dx * cos + dy * sin
         lat = dy * cos - dx * sin
-        corridor = (of(plan.width[:, None]) + plan.width[:, None, :, None]) * 0.5 + self.p.corridor_margin_m
-        bumpers = (of(plan.length[:, None]) + plan.length[:, None, :, None]) * 0.5
+        corridor = (of(plan.width[:, None]) + fw[..., None]) * 0.5 + self.p.corridor_margin_m
+        bumpers = (of(plan.length[:, None]) + fl[..., None]) * 0.5
         ahead = (others_ok & of(valid) & (lon > 0.0) & (lon <= reach[..., None]) & (kappa * lon).abs().le(_MAX_ARC_RAD)
                  & (lat - 0.5 * kappa * lon * lon).abs().le(corridor))
         gap = torch.where(ahead, lon - bumpers, _INF)
-        along = of(speed) * torch.cos(of(heading) - heading[..., None]) if with_speed else None
+        along = of(speed) * torch.cos(of(heading) - fh[..., None]) if with_speed else None
         return gap, along
 
     def _on_path(self, plan: AgentPlan, path_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Position, heading and path curvature `[S, C, A]` at arc lengths `path_s` `[S, C, A]` (searchsorted
+        """Position, heading and path curvature `[S, C, F]` at arc lengths `path_s` `[S, C, F]` (searchsorted
         runs agent-major, as it needs the path's leading dimensions first)."""
         query = path_s.permute(0, 2, 1).contiguous()
         idx = (torch.searchsorted(plan.path_s, query, right=True) - 1).clamp(0, plan.path_s.shape[-1] - 2)

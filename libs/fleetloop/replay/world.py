@@ -21,11 +21,11 @@ from fleetloop.replay.scenario import EGO, Rollout, ScenarioBatch, ScenarioError
 @dataclass
 class WorldState:
     """The world at step `k`: `[S, C, A]` x, y (m), heading (rad), speed (m/s), valid (bool). Beside them,
-    for the car-follower: `[S, C, A]` `path_s` each agent's arc length along its logged path (m),
-    `path_curvature` the path's curvature there (1/m), `leader` the agent slot of its current non-ego
-    leader (`EGO` for none; the ego itself is checked every step); `taken_over` `[S, C]` whether the ego
-    has left its log in that candidate (latched); and `plan`, the candidate-independent preparation of
-    the scenario's agents (built once by `WorldModel.initial`)."""
+    for the car-follower, per follower slot (`AgentPlan.followers`) `[S, C, F]`: `path_s` the arc length
+    along its logged path (m), `path_curvature` the path's curvature there (1/m), `leader` the agent slot
+    of its current non-ego leader (`EGO` for none; the ego itself is checked every step); `taken_over`
+    `[S, C]` whether the ego has left its log in that candidate (latched); and `plan`, the
+    candidate-independent preparation of the scenario's agents (built once by `WorldModel.initial`)."""
 
     x: Tensor
     y: Tensor
@@ -81,9 +81,10 @@ class WorldModel:
 
         return WorldState(x=at_c(plan.base_x), y=at_c(plan.base_y), heading=at_c(plan.base_heading),
                           speed=at_c(plan.base_speed), valid=at_c(plan.base_valid), k=c,
-                          path_s=at_c(plan.path_s[..., :1].expand(s, a, scen.n_steps)),
-                          path_curvature=at_c(plan.path_curvature[..., :1].expand(s, a, scen.n_steps)),
-                          leader=torch.full((s, n_candidates, a), EGO, dtype=torch.long, device=scen.device),
+                          path_s=plan.path_s[:, None, :, 0].expand(s, n_candidates, -1).clone(),
+                          path_curvature=plan.path_curvature[:, None, :, 0].expand(s, n_candidates, -1).clone(),
+                          leader=torch.full_like(plan.path_s[:, None, :, 0].expand(s, n_candidates, -1), EGO,
+                                                 dtype=torch.long),
                           taken_over=torch.zeros(s, n_candidates, dtype=torch.bool, device=scen.device), plan=plan)
 
     def step(self, state: WorldState, scen: ScenarioBatch, ego_action: Tensor, k: int) -> WorldState:
@@ -105,27 +106,29 @@ class WorldModel:
         x, y, heading, speed, valid = (base(plan.base_x), base(plan.base_y), base(plan.base_heading),
                                        base(plan.base_speed), base(plan.base_valid))
         accel, curvature = plan.base_accel[:, None, :, k], plan.base_curvature[:, None, :, k]
+        shape = state.x.shape
+        # every candidate starts from the candidate-independent tracks; followers and the ego are written in
+        x, y, heading, speed, valid, accel, curvature = (
+            v.expand(shape).clone() for v in (x, y, heading, speed, valid, accel, curvature))
         path_s = plan.path_s[:, None, :, nxt - scen.current_step]
         path_curvature = plan.path_curvature[:, None, :, nxt - scen.current_step]
         leader = state.leader
-        shape = state.x.shape
         if plan.has_idm:
             refresh = (k - scen.current_step) % max(1, self.params.leader_refresh_steps) == 0
+            log_speed = plan.base_speed[:, None, :, nxt].gather(2, plan.followers[:, None])
             moved = self.follower.compute(plan, state.x, state.y, state.heading, state.speed, state.valid,
-                                          state.path_s, state.path_curvature, state.leader, path_s,
-                                          speed, scen.dt_s, refresh)
-            active = plan.idm[:, None] & state.taken_over[..., None]
-            x, y = torch.where(active, moved.x, x), torch.where(active, moved.y, y)
-            heading, speed = torch.where(active, moved.heading, heading), torch.where(active, moved.speed, speed)
-            valid = torch.where(active, moved.valid, valid)
-            accel, curvature = torch.where(active, moved.accel, accel), torch.where(active, moved.curvature, curvature)
+                                          state.path_s, state.path_curvature, state.leader, path_s, log_speed,
+                                          scen.dt_s, refresh)
+            active = plan.follower_ok[:, None] & state.taken_over[..., None]                  # [S, C, F]
+            slots = plan.followers[:, None].expand_as(active)
+            for full, mine in ((x, moved.x), (y, moved.y), (heading, moved.heading), (speed, moved.speed),
+                               (valid, moved.valid), (accel, moved.accel), (curvature, moved.curvature)):
+                full.scatter_(2, slots, torch.where(active, mine, full.gather(2, slots)))
             path_s = torch.where(active, moved.path_s, path_s)
             path_curvature = torch.where(active, moved.curvature, path_curvature)
             leader = moved.leader
-        # torch.where already made fresh [S, C, A] tensors; broadcast log values still need their own copy
-        x, y, heading, speed, valid, accel, curvature, path_s, path_curvature = (
-            v if v.shape == shape else v.expand(shape).clone()
-            for v in (x, y, heading, speed, valid, accel, curvature, path_s, path_curvature))
+        else:
+            path_s, path_curvature = path_s.expand_as(state.path_s), path_curvature.expand_as(state.path_s)
 
         ego_a, ego_k = clamp_actions(ego_action[..., 0], ego_action[..., 1], self.bounds)
         ex, ey, eh, ev, applied = bicycle_step(state.x[..., EGO], state.y[..., EGO], state.heading[..., EGO],
