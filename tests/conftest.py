@@ -67,3 +67,21 @@ async def wait_until(predicate, timeout_s: float = 60.0, poll_s: float = 0.1) ->
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(poll_s)
+
+
+async def assert_letters_point_at_their_records(bootstrap: str, letters) -> None:
+    """Each DeadLetter's source topic/partition/offset holds exactly its `original` bytes and `key`."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        for letter in letters:
+            tp = TopicPartition(letter.source_topic, letter.source_partition)
+            reader.assign([tp])
+            reader.seek(tp, letter.source_offset)
+            records = (await reader.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
+            assert [(r.offset, r.value, r.key or b"") for r in records] == [
+                (letter.source_offset, letter.original, letter.key)], letter.reason
+    finally:
+        await reader.stop()

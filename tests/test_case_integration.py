@@ -24,7 +24,7 @@ from fleetloop.vehicle import FleetVehicles, open_store, read_mcap
 from typer.testing import CliRunner
 
 from services.case_assembler.service import GROUP_ID, MIGRATIONS, CaseAssembler
-from tests.conftest import truncate_owned_tables, wait_until
+from tests.conftest import assert_letters_point_at_their_records, truncate_owned_tables, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -290,6 +290,10 @@ async def test_corrupt_manifests_land_in_the_dead_letter_topic(settings, warehou
                                    want=3)
         assert sorted(letter.reason for letter in letters) == ["checksum_mismatch", "decode_error", "unknown_case"]
         assert all(letter.source_topic == topics.UPLOADS and letter.service == "case-assembler" for letter in letters)
+        assert {letter.original for letter in letters} == {b"\xff\x00garbage", forged.SerializeToString(),
+                                                           unknown.SerializeToString()}
+        await assert_letters_point_at_their_records(settings.kafka_bootstrap_servers, letters)
+        assert stack.assembler.consumer.refused == 3  # the dead-letter counter
         # The forged manifest did not overwrite the good, already complete log.
         again = await stack.api.GetCase(case_service_pb2.GetCaseRequest(case_id=case.case_id))
         assert again.uploads[0].sha256 == micro.sha256 and again.status == cases_pb2.CASE_STATUS_COMPLETE

@@ -12,7 +12,7 @@ from fleetloop.bus import Bus, ensure_topics
 from fleetloop.v1 import common_pb2, deadletter_pb2, fleet_service_pb2, fleet_service_pb2_grpc
 
 from services.heartbeat_ingest.service import HeartbeatIngest
-from tests.conftest import truncate_owned_tables, wait_until
+from tests.conftest import assert_letters_point_at_their_records, truncate_owned_tables, wait_until
 from tests.fleetdata import T0_MS, drive, heartbeat, pose, pose_columns
 
 pytestmark = pytest.mark.integration
@@ -118,6 +118,7 @@ async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, wareh
     jump_x[5:] += 1000.0  # 1 km in 100 ms
     jump = pose("veh-bad", T0_MS + 2000, x_m=jump_x)
     future = heartbeat("veh-bad", T0_MS + 10 * 86_400_000)
+    stale = heartbeat("veh-bad", T0_MS - 8 * 86_400_000)  # a week and a day behind: older than any buffer
     wrong_topic = pose("veh-bad", T0_MS + 3000)
     bad = [
         (topics.HEARTBEAT, b"veh-bad", b"\xff\xfe not protobuf", "decode_error"),
@@ -127,19 +128,24 @@ async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, wareh
         (topics.HEARTBEAT, b"someone-else", heartbeat("veh-bad", T0_MS + 4000).SerializeToString(), "key_mismatch"),
         (topics.HEARTBEAT, b"veh-bad", wrong_topic.SerializeToString(), "wrong_payload"),
     ]
+    pending = list(bad)
     raw = []
     for i, (topic, env) in enumerate(good):
         raw.append((topic, env.vehicle_id.encode(), env.SerializeToString()))
-        if i % 5 == 0 and bad:  # bad messages interleaved with good ones
-            topic_b, key_b, value_b, _ = bad.pop(0)
+        if i % 5 == 0 and pending:  # bad messages interleaved with good ones
+            topic_b, key_b, value_b, _ = pending.pop(0)
             raw.append((topic_b, key_b, value_b))
     await publish_raw(settings.kafka_bootstrap_servers, raw)
-    # the far-future heartbeat from the right vehicle comes after the watermark is established
+    # the far-future and the stale heartbeat from the right vehicle come after the watermark is established
     await publish_raw(settings.kafka_bootstrap_servers,
-                      [(topics.HEARTBEAT, b"veh-bad", future.SerializeToString())])
+                      [(topics.HEARTBEAT, b"veh-bad", future.SerializeToString()),
+                       (topics.HEARTBEAT, b"veh-bad", stale.SerializeToString())])
     running = Running(settings, warehouse)
-    async with running:
+    async with running as service:
         await running.caught_up()
+    sent_bad = {(topic, key, value) for topic, key, value, _ in bad} | {
+        (topics.HEARTBEAT, b"veh-bad", future.SerializeToString()),
+        (topics.HEARTBEAT, b"veh-bad", stale.SerializeToString())}
     assert warehouse.query_rows("SELECT count() FROM ods_heartbeat FINAL")[0][0] == 20
     assert warehouse.query_rows("SELECT count() FROM ods_pose FINAL")[0][0] == 200
 
@@ -148,7 +154,7 @@ async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, wareh
     await consumer.start()
     letters = []
     try:
-        while len(letters) < 7:
+        while len(letters) < 8:
             batch = await consumer.getmany(timeout_ms=2000)
             if not batch:
                 break
@@ -158,9 +164,14 @@ async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, wareh
         await consumer.stop()
     reasons = sorted(letter.reason for letter in letters)
     assert reasons == sorted(["decode_error", "non_finite", "unknown_schema_version", "position_jump",
-                              "key_mismatch", "wrong_payload", "future_timestamp"])
+                              "key_mismatch", "wrong_payload", "future_timestamp", "stale_timestamp"])
+    assert service.consumer.refused == len(letters) == 8  # the dead-letter counter
+    # Every letter carries its record's original bytes and key, and points at that very record.
+    assert {(letter.source_topic, letter.key, letter.original) for letter in letters} == sent_bad
+    await assert_letters_point_at_their_records(settings.kafka_bootstrap_servers, letters)
     by_reason = {letter.reason: letter for letter in letters}
     assert by_reason["decode_error"].original == b"\xff\xfe not protobuf"
     assert by_reason["decode_error"].source_topic == topics.HEARTBEAT
     assert by_reason["position_jump"].detail.endswith("m in 100 ms at sample 5")
+    assert by_reason["stale_timestamp"].detail.endswith("s behind watermark")
     assert all(letter.service == "heartbeat-ingest" for letter in letters)

@@ -20,7 +20,7 @@ from fleetloop.v1 import deadletter_pb2
 
 from services.label_indexer.join import SecondJoiner, TooLate
 from services.label_indexer.service import INDEX_BITMAP_TABLE, INDEX_HOUR_TABLE, MIGRATIONS, LabelIndexer
-from tests.conftest import truncate_owned_tables, wait_until
+from tests.conftest import assert_letters_point_at_their_records, truncate_owned_tables, wait_until
 from tests.fleetdata import T0_MS, heartbeat, pose
 
 TX = load_taxonomy()
@@ -210,7 +210,7 @@ async def test_bad_input_is_dead_lettered_and_good_seconds_flow(settings, wareho
            (topics.PERCEPTION, b"veh-bad", heartbeat("veh-bad", T0_MS).SerializeToString())]
     await publish(settings.kafka_bootstrap_servers, good[:20] + bad + good[20:])
     running = Running(settings, warehouse)
-    async with running:
+    async with running as service:
         await running.caught_up()
     # 30 seconds of heartbeat + pose, no perception: all but the last 6 s (1 s + 5 s lateness
     # behind the newest event) are labelled; those 6 are pending and their offsets uncommitted.
@@ -228,6 +228,9 @@ async def test_bad_input_is_dead_lettered_and_good_seconds_flow(settings, wareho
         await consumer.stop()
     assert sorted(letter.reason for letter in letters) == ["bad_shape", "decode_error", "non_finite", "wrong_payload"]
     assert all(letter.service == "label-indexer" for letter in letters)
+    assert {(letter.source_topic, letter.key, letter.original) for letter in letters} == set(bad)
+    await assert_letters_point_at_their_records(settings.kafka_bootstrap_servers, letters)
+    assert service.consumer.refused == 4  # the dead-letter counter
     assert warehouse.query_rows(f"SELECT count() FROM {LABEL_TABLE} FINAL")[0][0] == 24
     # More heartbeats move the watermark; the pending seconds replay and are labelled.
     later = [(topics.HEARTBEAT, b"veh-ok", heartbeat("veh-ok", T0_MS + 1000 * s).SerializeToString())
