@@ -173,6 +173,23 @@ def test_decisions_brake_earlier_and_keep_left() -> None:
     assert found["stop"].value == pytest.approx((1.8 + 5.0) - (3.0 + 10 / 3), abs=0.11)
 
 
+def test_lateral_offset_is_measured_against_the_path_not_the_clock() -> None:
+    # both drive the same 20 m-radius arc; the solution 30 % slower and 0.5 m inside (left) of it
+    t = torch.arange(80, dtype=torch.float32) * DT
+    for speed, radius in ((8.0, 20.0), (5.6, 19.5)):
+        angle = speed * t / 20.0
+        traj = {"x": radius * torch.sin(angle), "y": 20.0 - radius * torch.cos(angle), "heading": angle,
+                "speed": torch.full((80,), speed)}
+        if radius == 20.0:
+            base = traj
+        else:
+            sol = traj
+    found = {d.kind: d for d in describe_decisions(base, sol, DT, THRESHOLDS)}
+    assert found["lateral_offset"].value == pytest.approx(0.5, abs=0.05)
+    assert found["lateral_offset"].solution_value == pytest.approx(0.5, abs=0.05)
+    assert found["lateral_offset"].text.startswith("keeps 0.5 m further left")
+
+
 def test_decisions_phantom_obstacle_no_brake_no_stop() -> None:
     t = torch.arange(80, dtype=torch.float32) * DT
     stop = (8.0 - 4.5 * t).clamp(min=0)

@@ -367,9 +367,10 @@ def describe_decisions(baseline: Mapping[str, torch.Tensor], solution: Mapping[s
 
     `baseline` and `solution` map x, y, heading, speed (m, m, rad, m/s; optional `valid` bool) to [T]
     tensors. Braking starts at the first step whose deceleration (speed difference / dt) exceeds
-    `brake_decel_mps2`; the lateral offset is the solution's signed distance from the baseline's pose at
-    the same step, + left; speed compares the means; a stop is the first step at or below
-    `stop_speed_mps`. Differences under the thresholds are left out. Times are s after `start_step`.
+    `brake_decel_mps2`; the lateral offset is the solution's signed distance from the baseline's path
+    (along the left normal of the nearest baseline pose), + left; speed compares the means; a stop is the
+    first step at or below `stop_speed_mps`. Differences under the thresholds are left out. Times are s
+    after `start_step`.
     """
     b = {c: torch.as_tensor(baseline[c]).detach().cpu().double()[start_step:] for c in CHANNELS}
     s = {c: torch.as_tensor(solution[c]).detach().cpu().double()[start_step:] for c in CHANNELS}
@@ -377,8 +378,8 @@ def describe_decisions(baseline: Mapping[str, torch.Tensor], solution: Mapping[s
         raise ValueError(f"describe_decisions: baseline {tuple(b['x'].shape)} and solution {tuple(s['x'].shape)} "
                          "must be [T] each")
     ones = torch.ones(int(b["x"].shape[0]) + start_step, dtype=torch.bool)
-    both = (torch.as_tensor(baseline.get("valid", ones)).cpu().bool()
-            & torch.as_tensor(solution.get("valid", ones)).cpu().bool())[start_step:]
+    base_valid = torch.as_tensor(baseline.get("valid", ones)).cpu().bool()[start_step:]
+    both = base_valid & torch.as_tensor(solution.get("valid", ones)).cpu().bool()[start_step:]
     if not bool(both.any()):
         return []
     out = []
@@ -395,7 +396,14 @@ def describe_decisions(baseline: Mapping[str, torch.Tensor], solution: Mapping[s
         earlier = brake_b - brake_s
         out.append(Decision("brake_onset", f"brakes {abs(earlier):.1f} s {'earlier' if earlier > 0 else 'later'}",
                             earlier, "s", brake_b, brake_s))
-    lateral = (s["y"] - b["y"]) * torch.cos(b["heading"]) - (s["x"] - b["x"]) * torch.sin(b["heading"])
+    # against the baseline's path, not its pose at the same time: a solution that brakes earlier lags
+    # behind, which on a curve would read as a sideways offset. Nearest baseline pose ([T, T], T <= a few
+    # hundred), then the offset along that pose's left normal.
+    gap = torch.stack([s["x"][:, None] - b["x"][None], s["y"][:, None] - b["y"][None]], dim=-1)
+    near = gap.square().sum(-1).masked_fill(~base_valid[None], math.inf).argmin(dim=1)
+    hb = b["heading"][near]
+    picked = gap[torch.arange(gap.shape[0]), near]
+    lateral = picked[:, 1] * torch.cos(hb) - picked[:, 0] * torch.sin(hb)
     lateral = torch.where(both, lateral, torch.zeros_like(lateral))
     at = int(lateral.abs().argmax())
     at_s = round(at * dt_s, 3)
