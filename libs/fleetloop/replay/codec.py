@@ -193,7 +193,8 @@ def encode_channel(values: torch.Tensor | np.ndarray, valid: torch.Tensor | np.n
 
 def decode_channel(streams: Sequence[bytes], valid: np.ndarray, step: float, order: int, angular: bool = False,
                    name: str = "values") -> np.ndarray:
-    """Inverse of `encode_channel`: float32 [N, L], 0 at invalid steps; headings in [-π, π).
+    """Inverse of `encode_channel`: float32 [N, L], 0 at invalid steps; headings wrapped into [-π, π) (float32
+    rounding may land one on π itself).
     ValueError when a stream does not hold one value per valid step."""
     m = np.asarray(valid, dtype=bool)
     if len(streams) != m.shape[0]:
