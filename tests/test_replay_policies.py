@@ -29,6 +29,7 @@ from fleetloop.replay.scenario import AGENT_FIELDS, AgentClass, MapKind, Scenari
 
 CONFIG = load_config()
 COL = {name: i for i, name in enumerate(FEATURES)}
+INPUTS = ("speed_mps", "accel_mps2", "pursuit_curvature_1pm", "lead_gap_m")
 
 
 def scene(agents: list[tuple[float, float, float, float, float]], lanes: list[tuple[list[tuple[float, float]], float]],
@@ -55,9 +56,7 @@ def scene(agents: list[tuple[float, float, float, float, float]], lanes: list[tu
 
 
 def features_of(scen: ScenarioBatch) -> torch.Tensor:
-    f = ObservationFeatures.from_config(CONFIG.section("policies"))
-    state = [getattr(scen, n).transpose(1, 2) for n in ("x", "y", "heading", "speed", "valid")]
-    return f.compute(*state, scen=scen)[0, 0]
+    return ObservationFeatures.from_config(CONFIG.section("policies")).along_log(scen)[0, 0]
 
 
 STRAIGHT = ([(-50.0, 0.0), (0.0, 0.0), (50.0, 0.0), (100.0, 0.0)], 10.0)
@@ -124,9 +123,9 @@ def rule() -> RulePolicy:
 
 
 def feature_row(**values: float) -> torch.Tensor:
-    base = {"speed_mps": 0.0, "heading_error_rad": 0.0, "lateral_offset_m": 0.0, "speed_limit_mps": 10.0,
-            "preview_limit_mps": 10.0, "pursuit_curvature_1pm": 0.0, "lane_found": 1.0, "lead_gap_m": 100.0,
-            "lead_closing_mps": 0.0, "lead_present": 0.0}
+    base = {"speed_mps": 0.0, "accel_mps2": 0.0, "heading_error_rad": 0.0, "lateral_offset_m": 0.0,
+            "speed_limit_mps": 10.0, "preview_limit_mps": 10.0, "pursuit_curvature_1pm": 0.0, "lane_found": 1.0,
+            "lead_gap_m": 100.0, "lead_closing_mps": 0.0, "lead_present": 0.0}
     base.update(values)
     return torch.tensor([base[n] for n in FEATURES])
 
@@ -152,7 +151,7 @@ def test_rule_accelerates_from_rest_cruises_at_the_limit_and_brakes_for_a_close_
 
 def bc_policy(seed: int = 0, version: int = 1) -> BehaviourCloningPolicy:
     policy = BehaviourCloningPolicy(ObservationFeatures.from_config(CONFIG.section("policies")),
-                                    ActionBounds.from_config(CONFIG), [16, 16], version=version)
+                                    ActionBounds.from_config(CONFIG), [16, 16], INPUTS, version=version)
     policy.reset_parameters(torch.Generator().manual_seed(seed))
     return policy
 
@@ -204,7 +203,7 @@ def test_checkpoint_round_trip_and_tampering(tmp_path):
 
     save_checkpoint(policy, tmp_path, {})
     body = json.loads(manifest.read_text())
-    body["features"] = body["features"][:-1]
+    body["features"] = body["features"][:-1] + ["lane_colour"]
     manifest.write_text(json.dumps(body))
     with pytest.raises(CheckpointError, match="features"):
         get_policy("bc@2", CONFIG, checkpoint_dir=tmp_path)

@@ -5,6 +5,8 @@ a `WorldState`, or the time dimension when features are taken along a logged sce
 `[S, N, F]` float32 with F = len(FEATURES), in the order of `FEATURES`:
 
 - `speed_mps`: ego speed (m/s, signed along its heading).
+- `accel_mps2`: the ego's acceleration over the step before (m/s², (v_k - v_{k-1}) / dt; 0 where unknown).
+  The fleet's speed control is jerk-limited, so this carries most of what the next acceleration will be.
 - `heading_error_rad`: ego heading minus the heading of the nearest lane centre, wrapped to (-pi, pi].
 - `lateral_offset_m`: signed distance of the ego from that lane centre (m, + left of the lane).
 - `speed_limit_mps`: the lane's speed limit (the configured default off a lane or where the map has none).
@@ -35,8 +37,17 @@ import torch
 
 from fleetloop.replay.scenario import EGO, MapKind, ScenarioBatch
 
-FEATURES = ("speed_mps", "heading_error_rad", "lateral_offset_m", "speed_limit_mps", "preview_limit_mps",
+FEATURES = ("speed_mps", "accel_mps2", "heading_error_rad", "lateral_offset_m", "speed_limit_mps", "preview_limit_mps",
             "pursuit_curvature_1pm", "lane_found", "lead_gap_m", "lead_closing_mps", "lead_present")
+
+
+def logged_accel(scen: ScenarioBatch) -> torch.Tensor:
+    """The ego's logged acceleration over the step before each step, `[S, T]` (m/s²; 0 at step 0 and
+    where either end is unknown)."""
+    v, ok = scen.speed[:, EGO], scen.valid[:, EGO]
+    accel = torch.zeros_like(v)
+    accel[:, 1:] = torch.where(ok[:, 1:] & ok[:, :-1], (v[:, 1:] - v[:, :-1]) / scen.dt_s, 0.0)
+    return accel
 
 
 def wrap_angle(a: torch.Tensor) -> torch.Tensor:
@@ -126,10 +137,17 @@ class ObservationFeatures:
     def from_config(cls, policies_section: Mapping[str, Any]) -> ObservationFeatures:
         return cls(FeatureParams.from_mapping(policies_section["features"]))
 
+    def along_log(self, scen: ScenarioBatch) -> torch.Tensor:
+        """Features `[S, T, F]` at every logged step (time as the N dimension of `compute`)."""
+        x, y, heading, speed, valid = (getattr(scen, n).transpose(1, 2) for n in ("x", "y", "heading", "speed",
+                                                                                  "valid"))
+        return self.compute(x, y, heading, speed, valid, logged_accel(scen), scen)
+
     def compute(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,
-                valid: torch.Tensor, scen: ScenarioBatch) -> torch.Tensor:
+                valid: torch.Tensor, ego_accel: torch.Tensor, scen: ScenarioBatch) -> torch.Tensor:
         """Features `[S, N, F]` float32 from agent states `[S, N, A]` (m, rad, m/s; `valid` bool), agent
-        slot 0 the ego; sizes and map from `scen`."""
+        slot 0 the ego, and the ego's acceleration over the step before `[S, N]` (m/s²); sizes and map
+        from `scen`."""
         p = self.params
         ex, ey, eh, ev = x[..., EGO], y[..., EGO], heading[..., EGO], speed[..., EGO]
         lanes = LaneMap(scen, p)
@@ -154,8 +172,8 @@ class ObservationFeatures:
         pursuit = torch.where(here.found, 2.0 * fy / (dist * dist), torch.zeros_like(ev))
 
         gap, closing, present = self._leader(x, y, heading, speed, valid, scen)
-        return torch.stack([ev, heading_error, offset, limit, preview_limit, pursuit, here.found.to(ev.dtype),
-                            gap, closing, present.to(ev.dtype)], dim=-1)
+        return torch.stack([ev, ego_accel, heading_error, offset, limit, preview_limit, pursuit,
+                            here.found.to(ev.dtype), gap, closing, present.to(ev.dtype)], dim=-1)
 
     def _leader(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,
                 valid: torch.Tensor, scen: ScenarioBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

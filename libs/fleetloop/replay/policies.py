@@ -10,10 +10,11 @@ Built-ins:
 - `logged@1`: the logged behaviour, `world.baseline_actions(scen)` (the inverse bicycle of the log).
 - `rule@1`: IDM car-following towards the lane's speed limit plus pure-pursuit lane keeping on the
   nearest lane centre (parameters in `policies.rule` of replay.yaml).
-- `bc@<n>`: a small MLP over the observation features (`features.FEATURES`) trained by behaviour
-  cloning (`fleetloop.replay.train`), loaded from a safetensors checkpoint and its JSON manifest in a
-  checkpoint directory: `bc@<n>.safetensors` and `bc@<n>.json`. The manifest records the sha256 of the
-  weights file, the feature list and what the policy was trained on; loading checks both.
+- `bc@<n>`: a small MLP over observation features (a subset of `features.FEATURES`, named in its
+  manifest) trained by behaviour cloning (`fleetloop.replay.train`), loaded from a safetensors
+  checkpoint and its JSON manifest in a checkpoint directory: `bc@<n>.safetensors` and `bc@<n>.json`.
+  The manifest records the sha256 of the weights file, the feature list and what the policy was
+  trained on; loading checks both.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fleetloop.replay.config import ReplayConfig
-from fleetloop.replay.features import FEATURES, ObservationFeatures
-from fleetloop.replay.scenario import ScenarioBatch
+from fleetloop.replay.features import FEATURES, ObservationFeatures, logged_accel
+from fleetloop.replay.scenario import EGO, ScenarioBatch
 
 LEARNED = ("bc",)
 MANIFEST_FORMAT = 1
+INPUT_CLIP_SD = 5.0  # standardised inputs beyond 5 deviations of the training data are held there
+PURSUIT = FEATURES.index("pursuit_curvature_1pm")
 
 
 class PolicyError(ValueError):
@@ -111,8 +114,10 @@ class Policy(torch.nn.Module):
     def spec(self) -> str:
         return f"{self.name}@{self.version}"
 
-    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike) -> torch.Tensor:
-        """Ego actions `[S, C, 2]` (m/s², 1/m) for the state at step `state.k`."""
+    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike,
+                ego_accel: torch.Tensor) -> torch.Tensor:
+        """Ego actions `[S, C, 2]` (m/s², 1/m) for the state at step `state.k`; `ego_accel` `[S, C]` is the
+        ego's acceleration over the step before (m/s²)."""
         raise NotImplementedError
 
     def plan(self, scen: ScenarioBatch, world: WorldLike) -> torch.Tensor:
@@ -122,12 +127,15 @@ class Policy(torch.nn.Module):
         t, k0 = scen.n_steps, scen.current_step
         actions = torch.zeros(scen.n_scenarios, t, 2, dtype=torch.float32, device=scen.device)
         state = world.initial(scen, 1)
+        accel = logged_accel(scen)[:, k0, None]
         with torch.no_grad():
             for k in range(k0, t):
-                action = self(state, scen, world)
+                action = self(state, scen, world, accel)
                 actions[:, k] = action[:, 0]
                 if k + 1 < t:
-                    state = world.step(state, scen, action, k)
+                    after = world.step(state, scen, action, k)
+                    accel = (after.speed[..., EGO] - state.speed[..., EGO]) / scen.dt_s  # as applied (speed floor)
+                    state = after
         return actions
 
 
@@ -136,7 +144,8 @@ class LoggedPolicy(Policy):
 
     name, version = "logged", 1
 
-    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike) -> torch.Tensor:
+    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike,
+                ego_accel: torch.Tensor) -> torch.Tensor:
         n_candidates = state.x.shape[1]
         return world.baseline_actions(scen)[:, state.k, None].expand(-1, n_candidates, -1)
 
@@ -174,8 +183,9 @@ class RulePolicy(Policy):
         self.params = params
         self.bounds = bounds
 
-    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike) -> torch.Tensor:
-        f = self.features.compute(state.x, state.y, state.heading, state.speed, state.valid, scen)
+    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike,
+                ego_accel: torch.Tensor) -> torch.Tensor:
+        f = self.features.compute(state.x, state.y, state.heading, state.speed, state.valid, ego_accel, scen)
         return self.decide(f)
 
     def decide(self, f: torch.Tensor) -> torch.Tensor:
@@ -193,27 +203,36 @@ class RulePolicy(Policy):
 
 
 class BehaviourCloningPolicy(Policy):
-    """An MLP over the standardised observation features, its output squashed by tanh into the action
-    bounds: action = mid + half_range × tanh(net((f - mean) / std))."""
+    """An MLP over a subset `inputs` of the observation features, standardised with the training data's
+    mean and deviation and clipped to ±`INPUT_CLIP_SD` of it (the net never extrapolates past what it
+    saw), its two outputs squashed by tanh: acceleration = mid + half_range × tanh(z0); curvature = the
+    pure-pursuit curvature plus a learned residual curvature_max × tanh(z1), clamped to the bounds.
+    The residual form keeps the lane-keeping geometry exact at every speed: the fleet's data pins the
+    curvature down to ~0.005 1/m, which at highway speed alone would drift a lane width in seconds."""
 
     name = "bc"
 
     def __init__(self, features: ObservationFeatures, bounds: ActionBounds, hidden: Sequence[int],
-                 version: int = 0) -> None:
+                 inputs: Sequence[str], version: int = 0) -> None:
         super().__init__()
+        unknown = [n for n in inputs if n not in FEATURES]
+        if unknown or not inputs:
+            raise CheckpointError(f"bc inputs {list(inputs)}: unknown {unknown}; the features are {list(FEATURES)}")
         self.features = features
         self.version = version
         self.hidden = tuple(int(h) for h in hidden)
+        self.inputs = tuple(inputs)
         layers: list[torch.nn.Module] = []
-        width = len(FEATURES)
+        width = len(self.inputs)
         for h in self.hidden:
             layers += [torch.nn.Linear(width, h), torch.nn.Tanh()]
             width = h
         layers.append(torch.nn.Linear(width, 2))
         self.net = torch.nn.Sequential(*layers)
         low, high = torch.tensor(bounds.low()), torch.tensor(bounds.high())
-        self.register_buffer("feature_mean", torch.zeros(len(FEATURES)))
-        self.register_buffer("feature_std", torch.ones(len(FEATURES)))
+        self.register_buffer("input_index", torch.tensor([FEATURES.index(n) for n in self.inputs]), persistent=False)
+        self.register_buffer("input_mean", torch.zeros(len(self.inputs)))
+        self.register_buffer("input_std", torch.ones(len(self.inputs)))
         self.register_buffer("action_mid", (high + low) / 2)
         self.register_buffer("action_half", (high - low) / 2)
 
@@ -225,18 +244,24 @@ class BehaviourCloningPolicy(Policy):
                 torch.nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
                 torch.nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
-    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Feature standardisation `[F]` from the training data (std floored to keep constants finite)."""
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std.clamp_min(1e-3))
+    def set_normalisation(self, f: torch.Tensor) -> None:
+        """Input standardisation from training features `[N, F]` (deviation floored at 1e-3)."""
+        x = f[:, self.input_index]
+        self.input_mean.copy_(x.mean(dim=0))
+        self.input_std.copy_(x.std(dim=0).clamp_min(1e-3))
 
     def act(self, f: torch.Tensor) -> torch.Tensor:
-        """Actions `[..., 2]` (m/s², 1/m) from features `[..., F]`."""
-        z = self.net((f - self.feature_mean) / self.feature_std)
-        return self.action_mid + self.action_half * torch.tanh(z)
+        """Actions `[..., 2]` (m/s², 1/m) from features `[..., F]` (all of `FEATURES`)."""
+        z = ((f[..., self.input_index] - self.input_mean) / self.input_std).clamp(-INPUT_CLIP_SD, INPUT_CLIP_SD)
+        out = torch.tanh(self.net(z))
+        accel = self.action_mid[0] + self.action_half[0] * out[..., 0]
+        kmax = self.action_half[1]
+        curvature = (f[..., PURSUIT] + kmax * out[..., 1]).clamp(self.action_mid[1] - kmax, self.action_mid[1] + kmax)
+        return torch.stack([accel, curvature], dim=-1)
 
-    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike) -> torch.Tensor:
-        f = self.features.compute(state.x, state.y, state.heading, state.speed, state.valid, scen)
+    def forward(self, state: WorldStateLike, scen: ScenarioBatch, world: WorldLike,
+                ego_accel: torch.Tensor) -> torch.Tensor:
+        f = self.features.compute(state.x, state.y, state.heading, state.speed, state.valid, ego_accel, scen)
         return self.act(f)
 
 
@@ -308,7 +333,7 @@ def save_checkpoint(policy: BehaviourCloningPolicy, checkpoint_dir: Path | str,
     weights, manifest = checkpoint_paths(out, policy.name, policy.version)
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(weights))
     body = {"format": MANIFEST_FORMAT, "name": policy.name, "version": policy.version, "spec": policy.spec,
-            "weights": weights.name, "sha256": sha256_file(weights), "features": list(FEATURES),
+            "weights": weights.name, "sha256": sha256_file(weights), "features": list(policy.inputs),
             "hidden": list(policy.hidden), "trained_on": dict(trained_on)}
     manifest.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -341,11 +366,11 @@ def load_checkpoint(checkpoint_dir: Path | str, name: str, version: int,
     if digest != manifest.get("sha256"):
         raise CheckpointError(f"{spec}: {weights.name} has sha256 {digest}, the manifest says "
                               f"{manifest.get('sha256')} (tampered or from another training run)")
-    if list(manifest.get("features", [])) != list(FEATURES):
-        raise CheckpointError(f"{spec}: trained on features {manifest.get('features')}, this code computes "
-                              f"{list(FEATURES)}")
+    inputs = list(manifest.get("features", []))
+    if not inputs or any(n not in FEATURES for n in inputs):
+        raise CheckpointError(f"{spec}: trained on features {inputs}, this code computes {list(FEATURES)}")
     policy = BehaviourCloningPolicy(ObservationFeatures.from_config(config.section("policies")),
-                                    ActionBounds.from_config(config), manifest["hidden"], version=version)
+                                    ActionBounds.from_config(config), manifest["hidden"], inputs, version=version)
     try:
         policy.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:
