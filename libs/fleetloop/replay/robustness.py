@@ -29,7 +29,7 @@ import torch
 from fleetloop.replay import costs
 from fleetloop.replay.config import ReplayConfig
 from fleetloop.replay.scenario import EGO, AgentClass, ScenarioBatch, ScenarioError
-from fleetloop.replay.search import SearchSettings, lane_reference, ranking_key
+from fleetloop.replay.search import lane_reference, ranking_key
 
 KINDS = ("speed", "timing", "extra_agent", "noise")
 
@@ -76,10 +76,11 @@ class RobustnessResult:
     factor; timing: the shift in steps, + later; extra_agent: the longitudinal offset from the ego, m;
     noise: the bias standard deviation, m). `baseline_total`, `solution_total` `[S, R]` (the costs'
     total, lower better) and `baseline_gates`, `solution_gates` `[S, R]` bool (all hard gates pass);
-    `win` `[S, R]`: the solution ranks better than the baseline (lower total, a failed gate counting as
-    `search.gate_penalty` more, as the search ranks). Per scenario `[S]`: `win_rate`, `solution_gate_rate`
-    (the fraction of perturbations the solution passes every gate), `worst` (the perturbation index with
-    the largest solution − baseline ranking key) and `worst_excess` (that difference, lower is better).
+    `win` `[S, R]`: the solution's total is lower than the baseline's (the costs' total includes a gate
+    penalty per failed gate, so a collision outweighs any soft cost). Per scenario `[S]`: `win_rate`,
+    `solution_gate_rate` (the fraction of perturbations the solution passes every gate), `worst` (the
+    perturbation with the largest solution − baseline total) and `worst_excess` (that difference, lower
+    is better).
     """
 
     scenario_ids: list[str]
@@ -228,8 +229,7 @@ def revalidate(scen: ScenarioBatch, world: Any, solution_actions: torch.Tensor, 
     report = costs.evaluate(rollout, perturbed, baseline, config)
     total = report.total.view(n_s, n_r, 2)
     gates = report.gates_pass.view(n_s, n_r, 2)
-    # Ranked as the search ranks: a failed gate outweighs any soft cost.
-    key = ranking_key(report, SearchSettings.from_config(config).gate_penalty).view(n_s, n_r, 2)
+    key = ranking_key(report).view(n_s, n_r, 2)        # as the search ranks: the total, gate penalties included
     win = key[..., 1] < key[..., 0]
     excess = key[..., 1] - key[..., 0]
     worst = excess.argmax(1)

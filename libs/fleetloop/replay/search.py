@@ -19,7 +19,9 @@ any device (the knot noise is small, so the host-to-device copy is cheap).
 Every candidate is scored by `costs.evaluate` against the baseline rollout. A bounded archive per
 scenario holds the non-dominated candidates of everything evaluated so far (the Pareto front of the
 union of evaluated objectives, as long as the front fits `search.archive_size`); candidates failing a
-hard gate are dominated by any that pass. The solution is `pareto.choose_solution`'s pick from the front.
+hard gate are dominated by any that pass. The solution is `pareto.choose_solution`'s pick from the front
+of the searched candidates, judged against the baseline; it must lower the baseline's total cost, else the
+baseline stands (a case the fleet already drove well keeps what it drove).
 A scenario stops early once a candidate dominates the baseline by `search.early_stop_margin`; stopped
 scenarios drop out of the batch (masked), the others continue together.
 """
@@ -457,16 +459,8 @@ class Archive:
 
 
 def dominated_mask(objectives: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
-    """`[S, N]` True where another filled candidate of the same scenario is no worse in every objective
-    and better in one (`objectives` `[S, N, M]`, lower better). A loop over the M objectives only."""
-    n = objectives.shape[1]
-    no_worse = filled[:, :, None].expand(-1, -1, n).clone()                            # [S, j, i]: j vs i
-    better = torch.zeros_like(no_worse)
-    for m in range(objectives.shape[2]):
-        o = objectives[..., m]
-        no_worse &= o[:, :, None] <= o[:, None, :]
-        better |= o[:, :, None] < o[:, None, :]
-    return (no_worse & better).any(dim=1)
+    """`[S, N]` True where another filled candidate of the same scenario dominates (`pareto.dominance`)."""
+    return (pareto.dominance(objectives) & filled[:, :, None] & filled[:, None, :]).any(dim=1)
 
 
 # --- batch helpers: gather candidates, select scenarios, join chunks ----------------------------------------------
@@ -483,8 +477,14 @@ def take_candidates(obj: Any, index: torch.Tensor) -> Any:
         return {k: take_candidates(v, index) for k, v in obj.items()}
     if hasattr(obj, "__dataclass_fields__"):
         return replace(obj, **{f.name: take_candidates(getattr(obj, f.name), index) for f in fields(obj)
-                               if isinstance(getattr(obj, f.name), (torch.Tensor, Mapping))})
+                               if _nested(getattr(obj, f.name))})
     return obj
+
+
+def _nested(value: Any) -> bool:
+    """Whether the batch helpers descend into `value` (tensors, mappings, lists and dataclass instances)."""
+    return isinstance(value, (torch.Tensor, Mapping, list)) or (hasattr(value, "__dataclass_fields__")
+                                                                and not isinstance(value, type))
 
 
 def take_scenarios(obj: Any, index: torch.Tensor, n_scenarios: int) -> Any:
@@ -495,7 +495,7 @@ def take_scenarios(obj: Any, index: torch.Tensor, n_scenarios: int) -> Any:
         return {k: take_scenarios(v, index, n_scenarios) for k, v in obj.items()}
     if hasattr(obj, "__dataclass_fields__"):
         return replace(obj, **{f.name: take_scenarios(getattr(obj, f.name), index, n_scenarios) for f in fields(obj)
-                               if isinstance(getattr(obj, f.name), (torch.Tensor, Mapping))})
+                               if _nested(getattr(obj, f.name))})
     return obj
 
 
@@ -510,7 +510,7 @@ def join_scenarios(parts: list[Any]) -> Any:
         return {k: join_scenarios([p[k] for p in parts]) for k in first}
     if hasattr(first, "__dataclass_fields__"):
         return replace(first, **{f.name: join_scenarios([getattr(p, f.name) for p in parts]) for f in fields(first)
-                                 if isinstance(getattr(first, f.name), (torch.Tensor, Mapping, list))})
+                                 if _nested(getattr(first, f.name))})
     return first
 
 
@@ -654,29 +654,35 @@ def _search_chunk(scen: ScenarioBatch, world: Any, policy: Planner | None, confi
         candidates[active] += n_c
         stopped[active] |= dominates_baseline(report.objectives, report.gates_pass, base_objectives[active],
                                               p.early_stop_margin, p.early_stop_tolerance)
-    return _finish(scen, world, config, p, scorer, baseline, base_report, archive, iterations, candidates,
+    return _finish(scen, config, p, scorer, baseline, base_report, archive, iterations, candidates,
                    stopped, seed)
 
 
-def _finish(scen: ScenarioBatch, world: Any, config: ReplayConfig, p: SearchSettings, scorer: _Scorer,
+def _finish(scen: ScenarioBatch, config: ReplayConfig, p: SearchSettings, scorer: _Scorer,
             baseline: Rollout, base_report: costs.CostReport, archive: Archive, iterations: torch.Tensor,
             candidates: torch.Tensor, stopped: torch.Tensor, seed: int) -> SearchResult:
     """Choose the solution from each archive's front, roll it and the front out once more, count triggers."""
     n_s, n_t, dev = scen.n_scenarios, scen.n_steps, scen.device
     span = slice(scen.current_step, n_t - 1)
     n_f = p.front_trajectories
-    front_index = torch.zeros(n_s, n_f, dtype=torch.long, device=dev)
-    front_valid = torch.zeros(n_s, n_f, dtype=torch.bool, device=dev)
-    for i in range(n_s):   # one small front per scenario; the archive is sorted front first, by key
-        members = archive.front[i].nonzero()[:, 0]
-        chosen = int(members[pareto.choose_solution(archive.objectives[i, members], base_report.objectives[i, 0])])
-        others = members[members != chosen][:n_f - 1]
-        picked = torch.cat([torch.tensor([chosen], device=dev), others])
-        front_index[i, :len(picked)] = picked
-        front_index[i, len(picked):] = chosen
-        front_valid[i, :len(picked)] = True
+    # `pareto.choose_solution` over the searched candidates, the baseline being the reference it is judged
+    # against rather than a candidate: with the baseline among them the rule's "no trade-off against the
+    # baseline" step would keep the baseline whenever nothing weakly dominates it, and the log-divergence
+    # term makes every real alternative a trade-off (a needless hard brake would stand).
+    searched = archive.filled & (archive.source != SOURCES.index("baseline"))
+    chosen = pareto.choose_solution(archive.objectives, base_report.objectives[:, 0], valid=searched,
+                                    **pareto.settings(config))                             # [S]
+    # A solution must lower the baseline's total; where the chosen one does not, the baseline stands.
+    accepted = archive.key.gather(1, chosen[:, None])[:, 0] < ranking_key(base_report)[:, 0]
+    # Then the rest of the front in archive order (front first, by key), padded with the solution.
+    slots = torch.arange(archive.key.shape[1], device=dev).expand(n_s, -1)
+    others = archive.front & (slots != chosen[:, None])
+    order = torch.sort((~others).to(torch.int8), dim=1, stable=True).indices[:, :n_f - 1]
+    front_valid = torch.cat([torch.ones_like(chosen[:, None], dtype=torch.bool), others.gather(1, order)], 1)
+    front_index = torch.where(front_valid, torch.cat([chosen[:, None], order], 1), chosen[:, None])
     actions = torch.zeros(n_s, n_f, n_t, 2, device=dev)
     actions[:, :, span] = take_candidates(archive.actions, front_index)
+    actions[:, 0] = torch.where(accepted[:, None, None], actions[:, 0], baseline.ego_actions[:, 0])
     front, report, _, _ = scorer.compute(scen, baseline, actions)
     first = torch.zeros(n_s, 1, dtype=torch.long, device=dev)
     solution, solution_report = take_candidates(front, first), take_candidates(report, first)
@@ -687,7 +693,7 @@ def _finish(scen: ScenarioBatch, world: Any, config: ReplayConfig, p: SearchSett
                                                                                          strict=True)]
     change = [{name: (_value(base_report.terms[name], i), _value(solution_report.terms[name], i))
                for name in solution_report.terms} for i in range(n_s)]
-    source = take_candidates(archive.source, front_index[:, :1])[:, 0]
+    source = torch.where(accepted, archive.source.gather(1, chosen[:, None])[:, 0], SOURCES.index("baseline"))
     return SearchResult(
         scenario_ids=[m.scenario_id for m in scen.meta], baseline=baseline, baseline_report=base_report,
         solution=solution, solution_report=solution_report, front=front, front_valid=front_valid,
