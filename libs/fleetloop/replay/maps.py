@@ -33,7 +33,7 @@ from fleetloop.sim.world import (
 
 if TYPE_CHECKING:
     from fleetloop.sim.fleet import FleetSimulator
-    from fleetloop.sim.world import City
+    from fleetloop.sim.world import City, CityMap
 
 
 @dataclass(frozen=True)
@@ -261,6 +261,7 @@ class SimWorldMap:
                     trim = tuple(turn if cmap.junction[nd] != J_NONE else 0.0 for nd in (node_src, node_dst))
                     out += self._road(src, unit, cmap.block, lanes, limit, trim)
                     left = np.array([-unit[1], unit[0]])
+                    out += self._turns(cmap, node_dst, unit)
                     if cmap.junction[node_dst] != J_NONE:
                         node = node_dst
                         centre = np.array(cmap.xy(node))
@@ -272,6 +273,27 @@ class SimWorldMap:
                             lo, hi = -left * w / 2, left * (lanes - 0.5) * w
                             out.append(MapPolyline(MapKind.CROSSWALK, np.stack(
                                 [near + lo, far + lo, far + hi, near + hi, near + lo])))
+        return out
+
+    def _turns(self, cmap: CityMap, node: tuple[int, int], unit: np.ndarray) -> list[MapPolyline]:
+        """The turns the simulator drives at `node` arriving along `unit`: lane centres of the smooth
+        90° curves from `turn_offset_m` before the junction centre into the lane of each side street
+        (the curve's limit is the simulator's: the road's, capped by the lateral-acceleration bound)."""
+        d_in = DIRS.index((int(round(unit[0])), int(round(unit[1]))))
+        in_park = any(node in region for region in cmap.park_regions)
+        r = float(cmap.turn_offset["park" if in_park else "urban"])
+        lat = float(self.params["kinematics"]["lat_accel_turn_mps2"])
+        out = []
+        for d_out in cmap.options(node, d_in):
+            if d_out == d_in:
+                continue
+            angle = math.pi / 2 if d_out == (d_in + 1) % 4 else -math.pi / 2
+            ux, _ = self.bank.end_offset(angle)
+            x0, y0 = cmap.xy(node)
+            road = cmap.road_of(node, (node[0] + DIRS[d_out][0], node[1] + DIRS[d_out][1]))
+            piece = curve_piece(0.0, x0 - DIRS[d_in][0] * r, y0 - DIRS[d_in][1] * r, d_in * math.pi / 2, r / ux, angle,
+                                road, self.params["roads"], self.bank, lat)
+            out.append(MapPolyline(MapKind.LANE_CENTRE, _piece_line(piece, self.bank, 0.0), piece.limit_mps))
         return out
 
     def _leg(self, pieces: list[Piece], x_m: float, y_m: float, heading: float, radius: float) -> list[MapPolyline]:
