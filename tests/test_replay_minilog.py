@@ -81,6 +81,9 @@ def test_minilog_scenario_carries_case_vehicle_place_and_scene_context(fleet, pe
     assert f"maneuver:{summary.perception.maneuver}" in meta.tags
     assert perceived.planner_xy is None  # minilogs carry the planner's costs, not its path
     assert any(t.startswith("planner_gap:") for t in meta.tags)
+    assert (float(perceived.length[0, EGO]), float(perceived.width[0, EGO])) == pytest.approx((4.6, 1.9))
+    truck = from_minilog(data, ROAD, CFG, ego_size_m=(9.0, 2.5))  # the log does not say what drove it
+    assert (float(truck.length[0, EGO]), float(truck.width[0, EGO])) == (9.0, 2.5)
 
 
 def test_ego_follows_the_logged_pose_in_the_ego_frame(fleet, perceived):

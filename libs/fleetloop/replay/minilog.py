@@ -40,6 +40,9 @@ from fleetloop.vehicle.logs import CHANNELS, read_mcap
 
 TRACKS_TAG = "tracks:"
 FILL_GAP_S = 2.0  # interpolate across at most one missed 1 Hz detection; a longer silence is no track
+# Ego box (length, width m): the fleet's delivery van (the simulator's car size); trucks pass their own.
+VAN_SIZE_M = (4.6, 1.9)
+TRUCK_SIZE_M = (9.0, 2.5)  # the simulator's truck objects
 
 
 @dataclass
@@ -132,13 +135,14 @@ def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
 
 
 def from_minilog(mcap_bytes: bytes, map_provider: MapProvider, config: ReplayConfig, at_ms: int | None = None,
-                 device: torch.device | str = "cpu") -> ScenarioBatch:
+                 device: torch.device | str = "cpu", ego_size_m: tuple[float, float] = VAN_SIZE_M) -> ScenarioBatch:
     """One scenario from a minilog: the counterfactual starts at `at_ms` (default: the latest time whose
     horizon the log still covers, which for the fleet's 10 s + 5 s case window is 3 s before the
-    trigger). Raises ScenarioError for a file without ego pose, an empty window, an `at_ms` the log
-    does not cover, or a detection without size."""
+    trigger); the ego box is `ego_size_m` (length, width; the log does not say). Raises ScenarioError
+    for a file without ego pose, an empty window, an `at_ms` the log does not cover, or a detection
+    without size."""
     ego, det, ctx = read_minilog(mcap_bytes)
-    return _scenario(ego, det, ctx, at_ms, map_provider, config, "minilog", device)
+    return _scenario(ego, det, ctx, at_ms, map_provider, config, "minilog", device, ego_size_m)
 
 
 def _grid_times(ego: EgoLog, window: Window, at_ms: int | None, name: str) -> np.ndarray:
@@ -206,8 +210,8 @@ def _track_on_grid(t_det: np.ndarray, values: Sequence[np.ndarray], grid: np.nda
 
 
 def _scenario(ego: EgoLog, det: Detections, ctx: Context, at_ms: int | None, map_provider: MapProvider,
-              config: ReplayConfig, source: str, device: torch.device | str, propagate: bool = False
-              ) -> ScenarioBatch:
+              config: ReplayConfig, source: str, device: torch.device | str, ego_size_m: tuple[float, float],
+              propagate: bool = False) -> ScenarioBatch:
     sc = config.section("scenario")
     window = Window.from_config(config)
     name = f"{source} {ctx.case_id or ctx.vehicle_id or '?'}"
@@ -256,7 +260,7 @@ def _scenario(ego: EgoLog, det: Detections, ctx: Context, at_ms: int | None, map
         valid[0, slot] = ok
 
     put(0, ex, ey, eh, ev * np.cos(eh), ev * np.sin(eh), ev, e_valid)
-    length[0, 0], width[0, 0], cls[0, 0] = 4.6, 1.9, int(AgentClass.EGO)
+    (length[0, 0], width[0, 0]), cls[0, 0] = ego_size_m, int(AgentClass.EGO)
     for slot, (_, tid, (x, y, vx, vy), ok, fill, last) in enumerate(tracks, start=1):
         speed = np.hypot(vx, vy)
         # perception reports no heading: the direction of motion, or the ego's where the object is still
@@ -312,12 +316,13 @@ def _summary_at(summaries: Sequence[tuple[int, common_pb2.PerceptionSummary]], t
 @dataclass
 class TruthLog:
     """What the simulator knew about one vehicle: its 10 Hz ego samples and, per second, the objects it
-    placed around it (float64, ego frame of that second, as `Detections`), with the city."""
+    placed around it (float64, ego frame of that second, as `Detections`), with the city and its box."""
 
     vehicle_id: str
     city: str
     ego: EgoLog
     objects: Detections
+    ego_size_m: tuple[float, float] = VAN_SIZE_M
 
 
 class TruthRecorder:
@@ -358,7 +363,7 @@ class TruthRecorder:
             if sim.lead_on[i] and i not in sim.perc_no_lead:
                 truck = sim.lead_class[i] == common_pb2.OBJECT_CLASS_TRUCK
                 rows.append((t_ms, int(sim.lead_track[i]), int(sim.lead_class[i]), float(sim.lead_gap[i]), 0.0,
-                             float(sim.lead_dv[i]), 0.0, 9.0 if truck else 4.6, 1.9, False))
+                             float(sim.lead_dv[i]), 0.0, 9.0 if truck else 4.6, 1.9, False))  # fleet._perception
             for k in np.flatnonzero(sim.ag_on[i]).tolist():
                 rows.append((t_ms, int(sim.ag_track[i, k]), int(sim.ag_class[i, k]), float(sim.ag_x[i, k]),
                              float(sim.ag_y[i, k]), float(sim.ag_vx[i, k]), 0.0, float(sim.ag_len[i, k]),
@@ -372,8 +377,9 @@ class TruthRecorder:
         t = np.array(sorted(poses), dtype=np.int64)
         x, y, h, v = (np.array([poses[k][j] for k in t]) for j in range(4))
         veh = self.sim.vehicles[self.index[vehicle_id]]
+        size = TRUCK_SIZE_M if veh.kind == "truck" else VAN_SIZE_M
         return TruthLog(vehicle_id, veh.city.name, EgoLog(t, x, y, np.unwrap(h), v),
-                        Detections.from_rows(self._rows[vehicle_id]))
+                        Detections.from_rows(self._rows[vehicle_id]), size)
 
 
 def from_ground_truth(truth: TruthLog, at_ms: int, map_provider: MapProvider, config: ReplayConfig,
@@ -383,7 +389,7 @@ def from_ground_truth(truth: TruthLog, at_ms: int, map_provider: MapProvider, co
     at its own velocity, nothing filled; `source` "ground_truth"."""
     ctx = Context(case_id=case_id, vehicle_id=truth.vehicle_id, city=truth.city)
     return _scenario(truth.ego, truth.objects, ctx, at_ms, map_provider, config, "ground_truth", device,
-                     propagate=True)
+                     truth.ego_size_m, propagate=True)
 
 
 @dataclass
