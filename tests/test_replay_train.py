@@ -9,12 +9,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+import typer
+from fleetloop.commands.replay_train import policies, train
 from fleetloop.replay.config import load_config
 from fleetloop.replay.features import FEATURES, ObservationFeatures
 from fleetloop.replay.policies import BehaviourCloningPolicy, get_policy, read_manifest, save_checkpoint, sha256_file
 from fleetloop.replay.scenario import AGENT_FIELDS, EGO, AgentClass, MapKind, ScenarioBatch, ScenarioMeta
 from fleetloop.replay.train import simulated_driving, train_behaviour_cloning
 from fleetloop.replay.world import WorldModel
+from typer.testing import CliRunner
 
 # A small fleet and budget: 6 vehicles x 4 min is ~100 windows and ~8 k samples, trained in seconds.
 CONFIG = load_config(overrides={"policies": {"bc": {"vehicles": 6, "duration_s": 240, "batch": 256}}})
@@ -124,3 +127,20 @@ def test_plan_runs_where_the_scenario_lives():
     assert actions.device == scen.device and actions.dtype == torch.float32
     assert torch.equal(actions[:, :5], torch.zeros(1, 5, 2))
     assert all(getattr(scen, n).shape == (1, 2, 30) for n in AGENT_FIELDS)
+
+
+def test_train_command_writes_a_version_and_lists_it(tmp_path):
+    app = typer.Typer()
+    app.command("train")(train)
+    app.command("policies")(policies)
+    runner = CliRunner()
+    done = runner.invoke(app, ["train", "--out-dir", str(tmp_path), "--vehicles", "2", "--minutes", "1",
+                               "--steps", "5", "--seed", "1"])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("bc@1: validation loss")
+    assert json.loads(done.output.strip().splitlines()[-1])["spec"] == "bc@1"
+    listed = runner.invoke(app, ["policies", "--out-dir", str(tmp_path)])
+    assert listed.output.split() == ["logged@1", "rule@1", "bc@1"]
+    clash = runner.invoke(app, ["train", "--out-dir", str(tmp_path), "--vehicles", "2", "--minutes", "1",
+                                "--steps", "1", "--version", "1"])
+    assert clash.exit_code == 2 and "already exists" in clash.output
