@@ -17,9 +17,14 @@ other agents are what perception reported, the map is the road laid out for the 
 - `good_driving`: cruising or following on straight and curved roads, smooth and safe.
 
 Answers (`ScenarioMeta.answer`): `baseline_collides_safe_exists` (the logged ego collides and
-braking from the current step at `safe_decel_mps2` or less avoids every agent, checked at
-generation), `baseline_overbrakes` (the logged ego brakes hard although holding its speed is
-collision-free with every real agent), `baseline_good` (the log is collision-free and comfortable).
+braking straight on from the current step at `safe_decel_mps2` avoids every agent, checked at
+generation; harder braking up to the dynamics bound does too), `baseline_overbrakes` (the logged
+ego brakes hard although holding its speed is collision-free with every real agent), `baseline_good`
+(the log is collision-free and comfortable).
+
+Scenes span `Window.from_config`: 1 s of history, the current step (10), 8 s of horizon: 91 steps
+of 0.1 s. Tags: `phantom_agent:<slot>`, `occluded`, `lane_change_possible`, `junction`, `curved` /
+`straight`, `following` / `cruise` and a few descriptive ones (`lead:<class>`, `cut_in:<side>`, ...).
 
 All agents are other traffic of realistic size (car 4.6 × 1.9 m, pedestrian 0.6 × 0.6 m, ...) in
 their own lanes and on the sidewalks; the generator keeps them out of the ego's lane behind it, so
