@@ -208,10 +208,15 @@ ROAD = PolylineMap([])  # hand-built files below need no map
 
 
 def hand_minilog(detections: dict[int, list[tuple]], *, poses: bool = True, seconds: int = 12,
-                 window: tuple[int, int] | None = None) -> bytes:
+                 window: tuple[int, int] | None = None, events: dict[int, int] | None = None) -> bytes:
     """Straight driving at 10 m/s along +x (tests/fleetdata), a perception summary per second with the
-    given objects {second: [(track, rel_x, rel_y, rel_vx, length, width)]}."""
+    given objects {second: [(track, rel_x, rel_y, rel_vx, length, width)]}, vehicle events {second: kind}."""
     items = []
+    for s, kind in (events or {}).items():
+        t = T0_MS + 1000 * s + 300
+        items.append((t, topics.EVENTS, common_pb2.Envelope(
+            schema_version=1, vehicle_id="veh-h", event_time_ms=t, message_id=f"veh-h/ev/{t}",
+            event=common_pb2.VehicleEvent(kind=kind, source="system"))))
     for topic, env in drive("veh-h", seconds, speed=10.0, city="hand-city"):
         if topic == topics.POSE and not poses:
             continue
@@ -235,9 +240,11 @@ def test_tracks_are_interpolated_across_one_missed_second_not_two():
     # a car 30 m ahead at 4 m/s (relative -6 m/s): its map position is 30 + 4 t. Seen at seconds
     # 1, 2, 4 (one miss) and 7 (two misses): filled from 2 to 4, a gap from 4 to 7.
     car = {s: [(77, 30.0 + (4.0 - 10.0) * s, 0.0, -6.0, 4.6, 1.9)] for s in (1, 2, 4, 7)}
-    scen = from_minilog(hand_minilog(car), ROAD, CFG, at_ms=T0_MS + 2000)
+    events = {5: common_pb2.EVENT_KIND_CONTACT, 11: common_pb2.EVENT_KIND_TAKEOVER}  # the takeover is after the window
+    scen = from_minilog(hand_minilog(car, events=events), ROAD, CFG, at_ms=T0_MS + 2000)
     meta = scen.meta[0]
     assert (meta.city, meta.weather, meta.light) == ("hand-city", common_pb2.WEATHER_FOG, common_pb2.LIGHT_NIGHT)
+    assert "event:contact" in meta.tags and "event:takeover" not in meta.tags
     slot = track_ids(meta).index(77)
     t_s = (meta.t0_ms - T0_MS) / 1000 + 0.1 * np.arange(scen.n_steps)
     valid, filled = scen.valid[0, slot].numpy(), scen.filled[0, slot].numpy()

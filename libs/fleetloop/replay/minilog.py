@@ -15,6 +15,7 @@ around a vehicle (in float64, before serialisation) and its ego pose; `from_grou
 into the same layout, each object moving at its own velocity between seconds (the simulator's model
 of its agents) instead of being interpolated. `perception_error` compares the two by track id.
 
+Vehicle events inside the window become tags `event:<kind>` (`event:contact`, `event:takeover`, ...).
 Track ids travel in the tag `tracks:<id of slot 0>,<id of slot 1>,...` (-1 for the ego and empty
 slots): `track_ids(meta)` reads it.
 """
@@ -88,6 +89,7 @@ class Context:
     vehicle_id: str = ""
     city: str = ""
     summaries: list[tuple[int, common_pb2.PerceptionSummary]] = field(default_factory=list)
+    events: list[tuple[int, int]] = field(default_factory=list)  # (t_ms, EventKind) of vehicle events
 
 
 def track_ids(meta: ScenarioMeta) -> list[int]:
@@ -126,6 +128,8 @@ def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
             rows += [_detection_row(env.event_time_ms, o) for o in env.perception.objects]
         elif channel == CHANNELS[topics.HEARTBEAT] and not ctx.city:
             ctx.city = env.heartbeat.city
+        elif channel == CHANNELS[topics.EVENTS]:
+            ctx.events.append((env.event_time_ms, env.event.kind))
         ctx.vehicle_id = ctx.vehicle_id or env.vehicle_id
     if not poses:
         raise ScenarioError(f"{name}: no ego pose in the file ({len(messages)} messages)")
@@ -285,6 +289,9 @@ def _scenario(ego: EgoLog, det: Detections, ctx: Context, at_ms: int | None, map
         costs = list(summary.planner_top_costs)
         if len(costs) >= 2 and costs[0] > 0:
             tags.append(f"planner_gap:{(costs[1] - costs[0]) / costs[0]:.3f}")
+    # what the vehicle itself reported in the window (a contact, a takeover, ...), once per kind
+    kinds = sorted({k for t, k in ctx.events if grid[0] <= t <= grid[-1]})
+    tags += [f"event:{common_pb2.EventKind.Name(k).removeprefix('EVENT_KIND_').lower()}" for k in kinds]
     meta = ScenarioMeta(
         scenario_id=f"{ctx.case_id or ctx.vehicle_id}@{int(grid[k0])}", case_id=ctx.case_id,
         vehicle_id=ctx.vehicle_id, t0_ms=int(grid[0]), origin_x_m=ox, origin_y_m=oy, origin_heading_rad=oh,
