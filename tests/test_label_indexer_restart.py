@@ -1,4 +1,8 @@
-"""Killing label-indexer (SIGKILL) mid-stream and starting it again neither loses nor doubles a label."""
+"""Killing label-indexer (SIGKILL) mid-stream and starting it again neither loses nor doubles a label.
+
+After the kill the test proves a replay is due: records past the committed offsets belong to
+vehicle-seconds the warehouse already holds, so the restart labels and writes them a second time,
+and the final table must still hold each vehicle-second once."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
 from fleetloop.sim import FleetSimulator, SimConfig
+from fleetloop.v1 import common_pb2
 
 from services.label_indexer.service import GROUP_ID
 from tests.conftest import wait_until
@@ -51,6 +56,48 @@ rows = w.query_rows("SELECT vehicle_id, toUnixTimestamp64Milli(ts), toString(t0)
 raw = w.query_rows("SELECT count(), uniqExact(vehicle_id, ts) FROM dwd_label_second")[0]
 print(json.dumps({"rows": [list(r) for r in rows], "raw": list(raw)}))
 """
+
+LABELLED = """
+import json, sys
+from fleetloop.warehouse import Warehouse
+w = Warehouse(sys.argv[1])
+tables = {r[0] for r in w.query_rows("SELECT name FROM system.tables WHERE database = currentDatabase()")}
+rows = w.query_rows("SELECT DISTINCT vehicle_id, toUnixTimestamp64Milli(ts) FROM dwd_label_second") \
+    if "dwd_label_second" in tables else []
+print(json.dumps([list(r) for r in rows]))
+"""
+INPUTS = (topics.HEARTBEAT, topics.POSE, topics.PERCEPTION)
+
+
+async def committed_offsets(bootstrap: str) -> dict[TopicPartition, int]:
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP_ID, enable_auto_commit=False)
+    await probe.start()
+    try:
+        return {tp: await probe.committed(tp) or 0
+                for tp in (TopicPartition(t, p) for t in INPUTS for p in range(topics.DEFAULT_PARTITIONS))}
+    finally:
+        await probe.stop()
+
+
+async def seconds_past(bootstrap: str, offsets: dict[TopicPartition, int]) -> set[tuple[str, int]]:
+    """(vehicle_id, second's epoch ms) of every record at or after `offsets`: what a restart replays."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    out, empty = set(), 0
+    try:
+        reader.assign(list(offsets))
+        for tp, offset in offsets.items():
+            reader.seek(tp, offset)
+        while empty < 2:
+            batch = await reader.getmany(timeout_ms=1000)
+            empty = 0 if batch else empty + 1
+            for records in batch.values():
+                for r in records:
+                    env = common_pb2.Envelope.FromString(r.value)
+                    out.add((env.vehicle_id, env.event_time_ms // 1000 * 1000))
+    finally:
+        await reader.stop()
+    return out
 
 
 async def committed_total(bootstrap: str) -> int:
@@ -94,6 +141,11 @@ async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker,
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert await committed_total(broker) < total, "the kill must land mid-stream"
+    out = subprocess.run([sys.executable, "-c", LABELLED, chdb_url], capture_output=True, text=True, env=env,
+                         check=True)
+    labelled = {tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])}
+    replayed = await seconds_past(broker, await committed_offsets(broker))
+    assert labelled & replayed, "the restart must replay records of vehicle-seconds already written"
 
     second = start()
 
