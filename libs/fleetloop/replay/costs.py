@@ -18,7 +18,8 @@ Weights, bounds and their sources are in the `costs` and `aggregate` sections of
 Speed: the ego-to-agent geometry (agent boxes in the ego's frame, per step) is computed once per
 rollout and shared by collision, TTC and clearance; the separating-axis test runs only where the
 two cheap axes (the ego's own) already overlap. Map distances use segments cropped to the region
-the candidates reach, in chunks, and corner distances only where the ego centre is near an edge.
+the candidates reach, in cache-sized chunks, and corner-by-corner distances only where the worst
+corner is near an edge.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from fleetloop.triggers.criticality import time_to_collision
 
 OBJECTIVES = ("safety", "comfort", "efficiency", "compliance")
 INF = float("inf")
+_FAR = 1e7  # m: where invalid map segments are put (far beyond any crop, exact in float32 squares)
+# m: corners nearer the road edge than this (by the straight-edge estimate) are measured exactly; the
+# estimate's error on a 5 m-vertex polyline is its sagitta (0.16 m at a 20 m radius), far below this
+# margin plus the 0.3 m tolerance, so the gate never misses a corner over the edge.
+_EXACT_CORNER_M = 0.5
 
 
 @dataclass
@@ -201,8 +207,9 @@ def _ego_frame(rollout: Rollout, scen: ScenarioBatch) -> EgoFrame:
 class EgoMap:
     """The ego's relation to the map at each future step, `[S, C, F]`: `lane_dist` (m, ego centre to the
     nearest lane-centre segment, inf without lanes), `speed_limit` (m/s of that lane, NaN unknown),
-    `edge_signed` (m, the ego box's worst corner to the road edge, + inside the drivable area; a lower
-    bound where the centre is far from every edge; inf without road edges)."""
+    `edge_signed` (m, the ego box's worst corner to the road edge, + inside the drivable area; measured
+    corner by corner within `_EXACT_CORNER_M` of the edge, farther in by the worst corner against the
+    line of the nearest edge segment, exact for straight edges; inf without road edges)."""
 
     lane_dist: Tensor
     speed_limit: Tensor
@@ -241,21 +248,22 @@ def _crop(seg: Tensor, ok: Tensor, lo: Tensor, hi: Tensor, *extra: Tensor) -> tu
 def _point_segment(px: Tensor, py: Tensor, seg: Tensor, ok: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
     """Distance (m) from points `[S, N]` to the nearest valid segment `[S, E, 4]`, and its index `[S, N]`
     (inf / 0 where a scenario has none). Processes `chunk` points × segments per pass."""
-    ax, ay, bx, by = (seg[:, None, :, i] for i in range(4))
+    # Invalid segments move far away instead of being masked in every pass (one op less per pair).
+    ax, ay, bx, by = (torch.where(ok, seg[..., i], _FAR)[:, None, :] for i in range(4))
     abx, aby = bx - ax, by - ay
     inv = 1.0 / (abx * abx + aby * aby).clamp_min(1e-9)
-    bad = ~ok[:, None, :]
+    ux, uy = abx * inv, aby * inv
     step = max(chunk // max(seg.shape[1], 1), 1)
     dist, index = [], []
     for i in range(0, px.shape[1], step):
         qx, qy = px[:, i:i + step, None] - ax, py[:, i:i + step, None] - ay
-        t = ((qx * abx + qy * aby) * inv).clamp_(0.0, 1.0)
-        d2 = (qx - t * abx).square_() + (qy - t * aby).square_()
-        d2.masked_fill_(bad, INF)
+        t = (qx * ux).addcmul_(qy, uy).clamp_(0.0, 1.0)          # projection onto the segment, clamped
+        d2 = qx.addcmul_(t, abx, value=-1.0).square_().add_(qy.addcmul_(t, aby, value=-1.0).square_())
         m, j = d2.min(dim=2)
         dist.append(m)
         index.append(j)
-    return torch.cat(dist, 1).sqrt_(), torch.cat(index, 1)
+    d = torch.cat(dist, 1).sqrt_()
+    return d.masked_fill_(d > _FAR / 2, INF), torch.cat(index, 1)
 
 
 def _side(px: Tensor, py: Tensor, seg: Tensor) -> Tensor:
@@ -294,24 +302,28 @@ def _ego_map(rollout: Rollout, scen: ScenarioBatch, reach_m: float, chunk: int) 
     centre_d, ci = _point_segment(px, py, edge, edge_ok, chunk)
     seg_c = edge.gather(1, ci[..., None].expand(-1, -1, 4))
     centre_signed = centre_d * _side(px, py, seg_c) * drivable.gather(1, ci)
-    # Corners are at most half a diagonal from the centre: far from every edge, all four are inside and
-    # centre − half diagonal bounds them; within a metre of that, the corners are measured exactly.
-    edge_signed = centre_signed - half_diag[:, None]
-    near = torch.isfinite(centre_d) & (centre_signed < half_diag[:, None] + 1.0)
-    si, ni = near.nonzero(as_tuple=True)
-    if si.numel():
-        hl, hw = scen.length[si, EGO] * 0.5, scen.width[si, EGO] * 0.5
-        h = eh.reshape(s, c * f)[si, ni]
-        ch, sh = torch.cos(h), torch.sin(h)
-        lx = torch.stack([hl, hl, -hl, -hl], -1)
-        ly = torch.stack([hw, -hw, hw, -hw], -1)
-        cx = px[si, ni, None] + lx * ch[:, None] - ly * sh[:, None]  # [K, 4]
-        cy = py[si, ni, None] + lx * sh[:, None] + ly * ch[:, None]
-        kseg, kok = edge[si], edge_ok[si]  # [K, E, 4]
-        cd, cj = _point_segment(cx, cy, kseg, kok, chunk)
-        cseg = kseg.gather(1, cj[..., None].expand(-1, -1, 4))
-        signed = cd * _side(cx, cy, cseg) * drivable[si].gather(1, cj)
-        edge_signed = edge_signed.index_put((si, ni), signed.min(1).values)
+    # The worst corner against the line of the centre's nearest edge segment: exact for straight edges.
+    # Corners are measured one by one only where that estimate is within `_EXACT_CORNER_M` of the edge.
+    rel = eh.reshape(s, c * f) - torch.atan2(seg_c[..., 3] - seg_c[..., 1], seg_c[..., 2] - seg_c[..., 0])
+    reach = (scen.length[:, EGO, None] * 0.5) * rel.sin().abs() + (scen.width[:, EGO, None] * 0.5) * rel.cos().abs()
+    edge_signed = centre_signed - reach
+    near = torch.isfinite(centre_d) & (edge_signed < _EXACT_CORNER_M)
+    k_max = int(near.sum(1).max())
+    if k_max:
+        # The near steps of each scenario, compacted to the largest count (padding repeats a near step).
+        order = torch.argsort((~near).to(torch.int8), dim=1, stable=True)[:, :k_max]          # [S, K]
+        hl, hw = (scen.length[:, EGO, None] * 0.5), (scen.width[:, EGO, None] * 0.5)           # [S, 1]
+        h = eh.reshape(s, c * f).gather(1, order)
+        ch, sh = torch.cos(h)[..., None], torch.sin(h)[..., None]                              # [S, K, 1]
+        lx = torch.cat([hl, hl, -hl, -hl], -1)[:, None]                                        # [S, 1, 4]
+        ly = torch.cat([hw, -hw, hw, -hw], -1)[:, None]
+        cx = (px.gather(1, order)[..., None] + lx * ch - ly * sh).reshape(s, k_max * 4)
+        cy = (py.gather(1, order)[..., None] + lx * sh + ly * ch).reshape(s, k_max * 4)
+        cd, cj = _point_segment(cx, cy, edge, edge_ok, chunk)
+        cseg = edge.gather(1, cj[..., None].expand(-1, -1, 4))
+        signed = (cd * _side(cx, cy, cseg) * drivable.gather(1, cj)).reshape(s, k_max, 4).amin(-1)
+        edge_signed = edge_signed.scatter(1, order, torch.where(near.gather(1, order), signed,
+                                                                edge_signed.gather(1, order)))
     edge_signed = torch.where(torch.isfinite(centre_d), edge_signed, INF)
     shape = (s, c, f)
     return EgoMap(lane_dist=lane_dist.reshape(shape), speed_limit=limit.reshape(shape),
@@ -393,9 +405,11 @@ class TimeToCollision(CostTerm):
     one TTC definition (`fleetloop.triggers.criticality.time_to_collision`, shared with near_miss).
     Safety.
 
-    In the path: ahead, bumper-to-bumper gap along the ego's heading ≤ `lookahead_m`, and lateral gap
-    between the boxes ≤ `path_margin_m`. Value: max(0, `ttc_s` − min TTC) (s). Measure: min TTC (s,
-    inf if nothing closes).
+    In the path: ahead, bumper-to-bumper gap along the ego's heading ≤ `lookahead_m`, and the agent's
+    centre laterally within the two half-widths + `path_margin_m` of the ego's axis (the trigger's
+    corridor: 0.9 + 0.9 + 0.2 = its 2.0 m for two 1.8 m cars; a rotated agent's length does not widen
+    it, so oncoming traffic on a curve passes beside, not through, the path). Value: max(0, `ttc_s` −
+    min TTC) (s). Measure: min TTC (s, inf if nothing closes).
     """
 
     name = "ttc"
@@ -404,7 +418,9 @@ class TimeToCollision(CostTerm):
 
     def compute(self, rollout: Rollout, scen: ScenarioBatch, baseline: Rollout) -> CostValue:
         g = ego_frame(rollout, scen)
-        in_path = g.valid & (g.rel_x > 0) & (g.gap_y <= self.p["path_margin_m"]) & (g.gap_x <= self.p["lookahead_m"])
+        corridor = (scen.width[:, None, EGO:EGO + 1, None] + scen.width[:, None, EGO + 1:, None]) * 0.5
+        in_path = (g.valid & (g.rel_x > 0) & (g.rel_y.abs() <= corridor + self.p["path_margin_m"])
+                   & (g.gap_x <= self.p["lookahead_m"]))
         ttc = time_to_collision(g.gap_x, g.closing, self.p["min_closing_mps"]).masked_fill_(~in_path, INF)
         min_ttc = ttc.amin(dim=(2, 3)) if ttc.shape[2] else torch.full(ttc.shape[:2], INF, device=ttc.device)
         value = (self.p["ttc_s"] - min_ttc).clamp_min(0.0)
