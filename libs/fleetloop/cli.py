@@ -29,12 +29,14 @@ def _mount_subcommands() -> None:
     from fleetloop.commands.alerts import app as alerts_app
     from fleetloop.commands.cases import app as cases_app
     from fleetloop.commands.metrics import app as metrics_app
+    from fleetloop.commands.replay import app as replay_app
 
     app.add_typer(metrics_app, name="metrics")
     app.add_typer(cases_app, name="cases")
     app.add_typer(alerts_app, name="alerts")
     app.command("mine")(mine.mine)  # `fleetloop mine "rain & night"`: a bare expression needs a command
     app.add_typer(mine.app, name="mining")
+    app.add_typer(replay_app, name="replay")
 
 
 _mount_subcommands()

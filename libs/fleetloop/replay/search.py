@@ -28,6 +28,8 @@ scenarios drop out of the batch (masked), the others continue together.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -706,3 +708,32 @@ def _finish(scen: ScenarioBatch, config: ReplayConfig, p: SearchSettings, scorer
 def _value(term: costs.CostValue, i: int) -> float:
     """Scenario i's value of a C = 1 term (NaN where the term does not apply)."""
     return float(term.value[i, 0]) if bool(term.valid[i, 0]) else float("nan")
+
+
+# --- the pair ----------------------------------------------------------------------------------------------------
+
+
+def solution_pair(scen: ScenarioBatch, result: SearchResult, index: int, config: ReplayConfig, policy_version: str,
+                  robust: Any = None, created_ms: int = 0) -> Any:
+    """The `ScenarioSolutionPair` of scenario `index` of a search: its baseline, the returned front (the
+    solution first), the per-term cost change, the triggers of both, the provenance and, when given, the
+    `robustness.RobustnessResult` verdict. `created_ms` is the caller's clock (epoch ms)."""
+    from fleetloop.replay.pair import Provenance, Robustness, build_pair, ego_trajectories
+
+    members = result.front_valid[index].nonzero()[:, 0]
+    baseline = {k: v[0] for k, v in ego_trajectories(result.baseline, index, [0]).items()}
+    search_version = hashlib.sha1(json.dumps(dict(config.section("search")), sort_keys=True).encode()).hexdigest()
+    provenance = Provenance(policy_version=policy_version, search_config_version=f"search+{search_version[:8]}",
+                            seed=result.seed, device=result.device, replay_config_version=config.version,
+                            created_ms=created_ms)
+    verdict = None
+    if robust is not None:
+        summary = robust.summary(index)
+        verdict = Robustness(win_rate=summary["win_rate"], worst_cost_delta=float(robust.worst_excess[index]),
+                             perturbations=summary["perturbations"], kinds=tuple(dict.fromkeys(robust.kinds)),
+                             gate_pass_rate=summary["solution_gate_rate"])
+    return build_pair(scen, index, baseline, ego_trajectories(result.front, index, members), 0,
+                      result.cost_change[index], config, provenance, robustness=verdict,
+                      front_objectives=result.front_objectives[index, members],
+                      baseline_triggers=result.triggers_baseline[index],
+                      solution_triggers=result.triggers_solution[index])
