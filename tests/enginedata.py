@@ -61,6 +61,11 @@ def as_raw(messages: Sequence[tuple[str, common_pb2.Envelope]]) -> list[tuple[st
 
 async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
     """Every value on `topic`, read to the fetch high watermark of each partition."""
+    return [value for _, _, value in await read_records(bootstrap, topic)]
+
+
+async def read_records(bootstrap: str, topic: str) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of every record on `topic`, read to each partition's fetch high watermark."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -68,10 +73,10 @@ async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
                                                            or await _partitions(consumer, topic))]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        values: list[bytes] = []
+        values: list[tuple[int, int, bytes]] = []
         while True:
             batch = await consumer.getmany(timeout_ms=200)
-            values += [m.value for msgs in batch.values() for m in msgs]
+            values += [(m.partition, m.offset, m.value) for msgs in batch.values() for m in msgs]
             ends = [(consumer.highwater(tp), await consumer.position(tp)) for tp in tps]
             if all(hw is not None and pos >= hw for hw, pos in ends):
                 return values

@@ -1,7 +1,9 @@
-"""Three trigger-engine processes in one consumer group; one is SIGKILLed mid-stream. Every injected
-incident is still reported by exactly one trigger_id (re-sends of the same id are allowed: the
-transport is at-least-once), no id appears that `detect_recording` does not give, and bad messages
-go to the dead-letter topic with their reasons."""
+"""Three trigger-engine processes in one consumer group; one is SIGKILLed mid-stream and started
+again, so it rejoins and restores runners from the state topic. Every injected incident is still
+reported by exactly one trigger_id, every emitted event is byte-identical to what `detect_recording`
+gives, and duplicates are counted: the transport is at-least-once, so a kill may re-send the events of
+the batch it interrupted, but never more than once per event. Bad messages go to the dead-letter topic
+with their reasons, their original bytes and where they came from."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from fleetloop import topics
+from fleetloop.v1 import triggers_pb2
 
 from services.trigger_engine.service import GROUP_ID, PAYLOAD_BY_TOPIC
-from tests.conftest import wait_until
-from tests.enginedata import as_raw, dead_letters, emitted, expected_events, publish, simulate
+from tests.conftest import assert_letters_point_at_their_records, wait_until
+from tests.enginedata import as_raw, dead_letters, emitted, expected_events, publish, read_records, simulate
 from tests.fleetdata import T0_MS, heartbeat, pose
 
 pytestmark = pytest.mark.integration
@@ -55,13 +58,14 @@ async def committed_total(bootstrap: str, partitions: int) -> int:
         await probe.stop()
 
 
-async def group_members(bootstrap: str) -> int:
+async def group_members(bootstrap: str) -> set[str]:
+    """Member ids of the engine's consumer group now."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         described = await admin.describe_consumer_groups([GROUP_ID])
         groups = described[0].groups if hasattr(described[0], "groups") else []
-        return len(groups[0][-1]) if groups else 0
+        return {m[0] for m in groups[0][-1]} if groups else set()
     finally:
         await admin.close()
 
@@ -72,18 +76,30 @@ async def test_three_engines_one_killed_every_incident_exactly_once(broker, redi
     await publish(broker, [])  # creates the topics before the members subscribe
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker, "REDIS_URL": redis_url, "FLEETLOOP_GRPC_PORT": "0",
            "FLEETLOOP_CONSUMER_BATCH_MAX": "200", "FLEETLOOP_CONSUMER_POLL_MS": "50"}
-    procs = []
-    for i in range(3):
+
+    def member(i: int) -> subprocess.Popen:
         member_env = {**env, "CLICKHOUSE_URL": f"chdb://{tmp_path / f'w{i}'}",
                       "FLEETLOOP_DATA_DIR": str(tmp_path / str(i))}
-        procs.append(subprocess.Popen(engine_command(), env=member_env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE))
+        return subprocess.Popen(engine_command(), env=member_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    async def all_joined() -> bool:
+    procs = [member(i) for i in range(3)]
+    try:
+        await kill_one_and_restart_it(broker, procs, member, messages, incidents, expected)
+    finally:
+        for p in procs:  # a failed assertion must not leave a member running
+            if p.poll() is None:
+                p.kill()
+
+
+async def kill_one_and_restart_it(broker, procs, member, messages, incidents, expected) -> None:
+    async def all_joined(not_before: frozenset = frozenset()) -> bool:
+        """Three live members in the group, at least one of them new since `not_before`."""
         for p in procs:
             assert p.poll() is None, p.stderr.read().decode()
-        return await group_members(broker) == 3
+        members = await group_members(broker)
+        return len(members) == 3 and (not not_before or bool(members - not_before))
     await wait_until(all_joined, timeout_s=120, poll_s=0.5)
+    first_members = frozenset(await group_members(broker))
 
     raw = as_raw(messages)
     bad = bad_messages()
@@ -100,25 +116,43 @@ async def test_three_engines_one_killed_every_incident_exactly_once(broker, redi
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert await committed_total(broker, topics.DEFAULT_PARTITIONS) < total, "the kill must land mid-stream"
+    before_kill = {(p, o) for p, o, _ in await read_records(broker, topics.TRIGGERS)}
+    procs[0] = member(0)  # the killed member comes back and rejoins the group (the dead one is evicted)
+    await wait_until(lambda: all_joined(first_members), timeout_s=120, poll_s=0.5)
 
     async def all_committed() -> bool:
-        for p in procs[1:]:
+        for p in procs:
             assert p.poll() is None, p.stderr.read().decode()
         return await committed_total(broker, topics.DEFAULT_PARTITIONS) == total
     await wait_until(all_committed, timeout_s=240)
-    for p in procs[1:]:
+    for p in procs:
         p.send_signal(signal.SIGTERM)
-    for p in procs[1:]:
+    for p in procs:
         assert p.wait(timeout=60) == 0, p.stderr.read().decode()
 
     got = await emitted(broker)
     ids = Counter(e.trigger_id for e in got)
     assert set(ids) == set(expected), "no event lost, none invented by a restore"
+    wanted = {i: e.SerializeToString(deterministic=True) for i, e in expected.items()}
+    assert all(e.SerializeToString(deterministic=True) == wanted[e.trigger_id] for e in got), (
+        "a re-sent event must be the same event, byte for byte")
+    # A duplicate is the kill's doing only: its first copy was on the topic before the kill, the
+    # second came after, from the member that took over the interrupted batch.
+    copies: dict[str, list[bool]] = {}
+    for partition, offset, value in await read_records(broker, topics.TRIGGERS):
+        event = triggers_pb2.TriggerEvent.FromString(value)
+        copies.setdefault(event.trigger_id, []).append((partition, offset) in before_kill)
+    resent = {i: c for i, c in copies.items() if len(c) > 1}
+    assert all(c == [True, False] for c in resent.values()), f"duplicates not caused by the kill: {resent}"
+    assert len(got) == len(expected) + len(resent)
     for inc in incidents:
         for trigger in inc.expected_triggers:
             found = {e.trigger_id for e in got if e.vehicle_id == inc.vehicle_id and e.trigger == trigger
                      and inc.start_ms - MATCH_SLACK_MS <= e.onset_ms <= inc.end_ms + MATCH_SLACK_MS}
             assert len(found) == 1, (inc, found)
-    reasons = sorted(letter.reason for letter in await dead_letters(broker))
-    assert reasons == sorted(reason for *_, reason in bad)
+    letters = await dead_letters(broker)
+    assert sorted(letter.reason for letter in letters) == sorted(reason for *_, reason in bad)
+    assert {(letter.source_topic, letter.key, letter.original) for letter in letters} == {
+        (topic, key, value) for topic, key, value, _ in bad}
+    await assert_letters_point_at_their_records(broker, letters)
     assert all(e.category != 0 and e.vehicle_id for e in got)
