@@ -134,9 +134,11 @@ def _retime(scen: ScenarioBatch, factor: torch.Tensor, shift: torch.Tensor) -> d
         return v.gather(2, i)
 
     scale = torch.where(torch.arange(a, device=scen.device)[None, :, None] == EGO, 1.0, factor[:, None, None])
-    vx, vy = at(scen.vx, end) * scale, at(scen.vy, end) * scale
+    # beyond the window the log runs on at its end velocity, in the log's own time
+    vx, vy = at(scen.vx, end), at(scen.vy, end)
     x = at(scen.x, lo) * (1 - w) + at(scen.x, hi) * w + vx * beyond
     y = at(scen.y, lo) * (1 - w) + at(scen.y, hi) * w + vy * beyond
+    vx, vy = vx * scale, vy * scale
     inside = (src >= 0) & (src <= t - 1)
     valid = torch.where(inside, at(scen.valid, lo) & at(scen.valid, hi), at(scen.valid, end))
     filled = at(scen.filled, end) & valid
