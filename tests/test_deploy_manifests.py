@@ -9,9 +9,14 @@ from pathlib import Path
 import yaml
 from fleetloop.runtime import SERVICES
 
+from services.heartbeat_ingest import service as heartbeat_ingest
+from services.trigger_engine import service as trigger_engine
+
 ROOT = Path(__file__).resolve().parent.parent
 URL_VARIABLES = {"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "REDIS_URL"}
-GROUP_IDS = {"heartbeat-ingest": "heartbeat-ingest", "trigger-engine": "trigger-engine"}
+# The services that scale by replicas on their consumer lag: (consumer group, topics consumed), from the code.
+SCALED = {"heartbeat-ingest": (heartbeat_ingest.GROUP_ID, set(heartbeat_ingest.PAYLOAD_BY_TOPIC)),
+          "trigger-engine": (trigger_engine.GROUP_ID, set(trigger_engine.PAYLOAD_BY_TOPIC))}
 
 
 def test_compose_runs_registered_services_against_real_parts():
@@ -54,7 +59,11 @@ def test_kustomization_resources_and_deployments():
     for name, service in services.items():
         template_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= template_labels.items()
-    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
-        target = scaled["spec"]["scaleTargetRef"]["name"]
+    scaled_objects = {d["spec"]["scaleTargetRef"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
+    assert set(scaled_objects) == set(SCALED), "each lag-scaled service has its ScaledObject, and only they"
+    for target, scaled in scaled_objects.items():
         assert target in deployments
-        assert scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"] == GROUP_IDS[target]
+        group_id, consumed = SCALED[target]
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["metadata"]["consumerGroup"] == group_id
+        assert trigger["metadata"]["topic"] in consumed

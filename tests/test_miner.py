@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from fleetloop.labels import LABEL_TABLE, LabelRow, load_taxonomy, rows_to_columns
 from fleetloop.query import MineRequest, evaluate_request, parse, truth
+from fleetloop.query.ast import Not, TagAtom
 from fleetloop.query.index import HOUR_MS, build_hour_index
 from fleetloop.v1 import miner_pb2, miner_pb2_grpc
 
 from services.label_indexer.service import INDEX_HOUR_TABLE, MIGRATIONS, store_hour_index
-from services.miner.engine import Miner, positive_atoms
+from services.miner.engine import Miner
 from services.miner.service import MinerService
 from tests.conftest import truncate_owned_tables, wait_until
 from tests.test_query_chdb import PARKS, TAGS, VEHICLES, random_expression
@@ -77,9 +78,26 @@ def mined(warehouse):
     return Miner(warehouse, TX), rows
 
 
+def asserted_tags(expr, negated: bool = False) -> list[str]:
+    """The tags an expression asks to be present (under an even number of `!`), first appearance first;
+    the test's own reading of `matched_tags`, written apart from the miner's."""
+    if isinstance(expr, TagAtom):
+        return [] if negated else [expr.tag.name]
+    if isinstance(expr, Not):
+        return asserted_tags(expr.operand, not negated)
+    names = [name for operand in getattr(expr, "operands", ()) for name in asserted_tags(operand, negated)]
+    return list(dict.fromkeys(names))
+
+
+def test_asserted_tags_reads_negations_and_repeats():
+    expr = parse("weather.rain & !(light.night | !junction.signalized) & (weather.rain | agent.car) & "
+                 "ego.speed_kph > 30", TX)
+    assert asserted_tags(expr) == ["weather.rain", "junction.signalized", "agent.car"]
+
+
 def expected_clips(request: MineRequest, rows: list[LabelRow]) -> list[tuple]:
     expr = parse(request.expression, TX)
-    atoms = positive_atoms(expr)
+    atoms = asserted_tags(expr)
     by_vehicle: dict[str, list[LabelRow]] = {}
     for row in rows:
         by_vehicle.setdefault(row.vehicle_id, []).append(row)
@@ -87,7 +105,7 @@ def expected_clips(request: MineRequest, rows: list[LabelRow]) -> list[tuple]:
     for clip in evaluate_request(request, rows, TX):
         seconds = [r for r in by_vehicle[clip.vehicle_id] if clip.start_ms <= r.ts_ms < clip.end_ms
                    and truth(expr, r) is True]
-        tags = tuple(a.tag.name for a in atoms if any(r.tag_value(a.tag) for r in seconds))
+        tags = tuple(name for name in atoms if any(r.tag_value(TX.tag(name)) for r in seconds))
         out.append((clip.vehicle_id, clip.start_ms, clip.end_ms, clip.matched_seconds, tags))
     return out
 
