@@ -186,21 +186,26 @@ def _ego_frame(rollout: Rollout, scen: ScenarioBatch) -> EgoFrame:
 
     (ex, ax), (ey, ay), (eh, ah), (ev, av), (eok, aok) = (split(t) for t in (
         rollout.x, rollout.y, rollout.heading, rollout.speed, rollout.valid))
+    # In-place arithmetic: at 1,000 candidates each [S, C, A-1, F] temporary is ~9 MB, and fresh
+    # allocations of that size (page faults) cost more than the arithmetic.
     ce, se = torch.cos(eh), torch.sin(eh)
     dx, dy = ax - ex, ay - ey
-    rel_x = dx * ce + dy * se
-    rel_y = dy * ce - dx * se
+    rel_x = (dx * ce).addcmul_(dy, se)
+    rel_y = (dy * ce).addcmul_(dx, se, value=-1.0)
+    del dx, dy
     dh = ah - eh
-    c, s = torch.cos(dh), torch.sin(dh)
+    c, s = torch.cos(dh), dh.sin_()
     ac, as_ = c.abs(), s.abs()
-    hl_a = (scen.length[:, None, EGO + 1:, None] * 0.5)
-    hw_a = (scen.width[:, None, EGO + 1:, None] * 0.5)
+    hl_a = scen.length[:, None, EGO + 1:, None] * 0.5
+    hw_a = scen.width[:, None, EGO + 1:, None] * 0.5
     hl_e = scen.length[:, None, EGO:EGO + 1, None] * 0.5
     hw_e = scen.width[:, None, EGO:EGO + 1, None] * 0.5
-    gap_x = rel_x.abs() - hl_e - (hl_a * ac + hw_a * as_)
-    gap_y = rel_y.abs() - hw_e - (hl_a * as_ + hw_a * ac)
+    gap_x = rel_x.abs().sub_(hl_e).addcmul_(ac, hl_a, value=-1.0).addcmul_(as_, hw_a, value=-1.0)
+    gap_y = rel_y.abs().sub_(hw_e).addcmul_(as_, hl_a, value=-1.0).addcmul_(ac, hw_a, value=-1.0)
+    del ac, as_
+    closing = (av * c).neg_().add_(ev)
     return EgoFrame(rel_x=rel_x, rel_y=rel_y, cos_dh=c, sin_dh=s, gap_x=gap_x, gap_y=gap_y,
-                    closing=ev - av * c, valid=eok & aok)
+                    closing=closing, valid=eok & aok)
 
 
 @dataclass
@@ -362,35 +367,40 @@ class Collision(CostTerm):
 
     def compute(self, rollout: Rollout, scen: ScenarioBatch, baseline: Rollout) -> CostValue:
         g = ego_frame(rollout, scen)
-        s, c, _, f = g.gap_x.shape
+        s, c, a, f = g.gap_x.shape
         dev = g.gap_x.device
-        # The ego's own two axes are the cheap test; the agent's two axes run only where those overlap.
-        si, ci, ai, ti = (g.valid & (g.gap_x <= 0) & (g.gap_y <= 0)).nonzero(as_tuple=True)
         first = torch.full((s * c,), f, dtype=torch.long, device=dev)
         impact = torch.zeros(s * c, device=dev)
-        if si.numel():
-            rx, ry = g.rel_x[si, ci, ai, ti], g.rel_y[si, ci, ai, ti]
-            cs, sn = g.cos_dh[si, ci, ai, ti], g.sin_dh[si, ci, ai, ti]
-            hl_a, hw_a = scen.length[si, ai + 1] * 0.5, scen.width[si, ai + 1] * 0.5
+        # The ego's own two axes are the cheap test; the agent's two axes run only where those overlap.
+        # Flat indices into [S, C, A-1, F] keep the gathers cheap when many steps overlap.
+        idx = (g.valid & (g.gap_x <= 0) & (g.gap_y <= 0)).reshape(-1).nonzero()[:, 0]
+        if idx.numel():
+            def take(t: Tensor) -> Tensor:
+                return t.reshape(-1).take(idx)
+
+            pair, ti = idx // f, idx % f                    # pair: flat (scenario, candidate, agent)
+            sc, ai = pair // a, pair % a
+            si = sc // c
+            rx, ry, cs, sn = take(g.rel_x), take(g.rel_y), take(g.cos_dh), take(g.sin_dh)
+            hl_a, hw_a = scen.length[:, EGO + 1:].reshape(-1)[si * a + ai] * 0.5, \
+                scen.width[:, EGO + 1:].reshape(-1)[si * a + ai] * 0.5
             hl_e, hw_e = scen.length[si, EGO] * 0.5, scen.width[si, EGO] * 0.5
             overlap = (((rx * cs + ry * sn).abs() <= hl_a + hl_e * cs.abs() + hw_e * sn.abs())
                        & ((ry * cs - rx * sn).abs() <= hw_a + hl_e * sn.abs() + hw_e * cs.abs()))
-            # Fault is judged at each agent's first contact: a car that rear-ends the ego and drives on
+            # Fault is judged at each agent's first contact: a car that rears-ends the ego and drives on
             # through it in a log replay stays the other's fault.
-            pair = ((si * c + ci) * g.gap_x.shape[2] + ai)[overlap]
-            step = ti[overlap]
-            pair_first = torch.full((s * c * g.gap_x.shape[2],), f, dtype=torch.long, device=dev)
-            pair_first.scatter_reduce_(0, pair, step, reduce="amin")
-            at_first = step == pair_first[pair]
-            si, ci, ai, ti = (v[overlap][at_first] for v in (si, ci, ai, ti))
-            rx, cs, sn, hl_e = (v[overlap][at_first] for v in (rx, cs, sn, hl_e))
-            ego_v = future(rollout.speed[:, :, EGO], rollout)[si, ci, ti]
+            pair, ti, sc, ai, rx, cs, sn, hl_e = (v[overlap] for v in (pair, ti, sc, ai, rx, cs, sn, hl_e))
+            pair_first = torch.full((s * c * a,), f, dtype=torch.long, device=dev)
+            pair_first.scatter_reduce_(0, pair, ti, reduce="amin")
+            at_first = ti == pair_first[pair]
+            ti, sc, ai, rx, cs, sn, hl_e = (v[at_first] for v in (ti, sc, ai, rx, cs, sn, hl_e))
+            ego_v = future(rollout.speed[:, :, EGO], rollout).reshape(s * c, f)[sc, ti]
             at_fault = (ego_v > self.p["stopped_speed_mps"]) & (rx >= -hl_e)
-            sc, step = (si * c + ci)[at_fault], ti[at_fault]
-            first.scatter_reduce_(0, sc, step, reduce="amin")
-            agent_v = future(rollout.speed[:, :, EGO + 1:], rollout)[si, ci, ai, ti][at_fault]
-            rel_v = torch.hypot(ego_v[at_fault] - agent_v * cs[at_fault], agent_v * sn[at_fault])
-            earliest = step == first[sc]
+            ti, sc, ai, cs, sn, ego_v = (v[at_fault] for v in (ti, sc, ai, cs, sn, ego_v))
+            first.scatter_reduce_(0, sc, ti, reduce="amin")
+            agent_v = future(rollout.speed[:, :, EGO + 1:], rollout).reshape(s * c, a, f)[sc, ai, ti]
+            rel_v = torch.hypot(ego_v - agent_v * cs, agent_v * sn)
+            earliest = ti == first[sc]
             impact.scatter_reduce_(0, sc[earliest], rel_v[earliest], reduce="amax")
         first, impact = first.reshape(s, c), impact.reshape(s, c)
         hit = first < f
