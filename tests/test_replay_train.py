@@ -144,3 +144,17 @@ def test_train_command_writes_a_version_and_lists_it(tmp_path):
     clash = runner.invoke(app, ["train", "--out-dir", str(tmp_path), "--vehicles", "2", "--minutes", "1",
                                 "--steps", "1", "--version", "1"])
     assert clash.exit_code == 2 and "already exists" in clash.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_plans_on_cuda_match_the_cpu(trained):
+    out, result = trained
+    scen = straight_road(1.0, 8.0, 13.9, steps=100)
+    world = WorldModel(CONFIG)
+    for spec in (result.spec, "rule@1"):
+        policy = get_policy(spec, CONFIG, checkpoint_dir=out)
+        cpu = policy.plan(scen, world)
+        gpu = policy.plan(scen.to("cuda"), world)
+        assert gpu.device.type == "cuda"
+        # float32 on both; the closed loop compounds rounding over 100 steps
+        assert torch.allclose(cpu, gpu.cpu(), atol=1e-4, rtol=1e-3), spec

@@ -13,7 +13,7 @@ a `WorldState`, or the time dimension when features are taken along a logged sce
 - `preview_limit_mps`: the speed limit of the lane at the preview point (lower before a tight curve).
 - `pursuit_curvature_1pm`: the pure-pursuit curvature (1/m, + left) that reaches the lane centre at the
   preview distance `lookahead_min_m + lookahead_time_s * speed` ahead along the lane.
-- `lane_found`: 1 when a lane centre lies within `lane_search_m`, else 0 (the lane features are then 0
+- `lane_found`: 1 when the chosen lane centre lies within `lane_search_m`, else 0 (the lane features are then 0
   and the limits the default).
 - `lead_gap_m`: bumper-to-bumper gap (m, >= 0) to the nearest valid agent ahead of the ego whose centre
   lies within the ego's corridor (half the two widths plus `corridor_margin_m` either side of its
@@ -87,44 +87,54 @@ class LaneQuery:
 
 
 class LaneMap:
-    """The lane-centre segments of a scenario batch, ready for nearest-lane queries."""
+    """The lane-centre segments of a scenario batch, ready for nearest-lane queries: lane polylines first
+    and the other kinds cut away (so road edges and crosswalks cost nothing), with each segment's start,
+    vector, length, unit direction and heading `[S, P_lane, V-1]` computed once."""
 
     def __init__(self, scen: ScenarioBatch, params: FeatureParams) -> None:
         self.params = params
-        xy = scen.map_xy
-        lane = (scen.map_kind == MapKind.LANE_CENTRE)[:, :, None]
-        self.a = xy[:, :, :-1]                                   # [S, P, V-1, 2] segment starts
-        self.d = xy[:, :, 1:] - self.a                           # segment vectors
-        self.len2 = (self.d * self.d).sum(-1).clamp_min(1e-9)    # [S, P, V-1]
-        self.seg_heading = torch.atan2(self.d[..., 1], self.d[..., 0])
-        self.valid = scen.map_valid[:, :, :-1] & scen.map_valid[:, :, 1:] & lane & (self.len2 > 1e-6)
-        self.limit = scen.map_speed_limit_mps                    # [S, P]
-        self.n_vertices = xy.shape[2]
+        is_lane = scen.map_kind == MapKind.LANE_CENTRE                        # [S, P]
+        n_lanes = max(int(is_lane.sum(dim=1).max()), 1) if is_lane.numel() else 1
+        order = torch.argsort((~is_lane).to(torch.int8), dim=1, stable=True)[:, :n_lanes]
+        xy = scen.map_xy.gather(1, order[..., None, None].expand(-1, -1, *scen.map_xy.shape[2:])) \
+            if scen.map_xy.shape[1] else scen.map_xy.new_zeros(scen.n_scenarios, 1, 2, 2)
+        point_ok = scen.map_valid.gather(1, order[..., None].expand(-1, -1, scen.map_valid.shape[2])) \
+            if scen.map_xy.shape[1] else torch.zeros(scen.n_scenarios, 1, 2, dtype=torch.bool, device=scen.device)
+        lane = is_lane.gather(1, order) if scen.map_xy.shape[1] else point_ok[:, :, 0]
+        self.ax, self.ay = xy[:, :, :-1, 0], xy[:, :, :-1, 1]                  # [S, P, V-1] segment starts
+        self.dx, self.dy = xy[:, :, 1:, 0] - self.ax, xy[:, :, 1:, 1] - self.ay  # segment vectors
+        self.len2 = (self.dx * self.dx + self.dy * self.dy).clamp_min(1e-9)
+        length = torch.sqrt(self.len2)
+        self.ux, self.uy = self.dx / length, self.dy / length
+        self.seg_heading = torch.atan2(self.dy, self.dx).reshape(scen.n_scenarios, -1)
+        self.valid = point_ok[:, :, :-1] & point_ok[:, :, 1:] & lane[:, :, None] & (self.len2 > 1e-6)
+        limits = scen.map_speed_limit_mps.gather(1, order) if scen.map_xy.shape[1] else \
+            torch.full((scen.n_scenarios, 1), math.nan, device=scen.device)
+        self.limit = limits                                                    # [S, P]
+        self.n_segments = self.ax.shape[2]
 
     def nearest(self, px: torch.Tensor, py: torch.Tensor, heading: torch.Tensor) -> LaneQuery:
-        """Nearest lane centre of points `px, py` `[S, N]` for a traveller heading `heading` `[S, N]`."""
+        """Nearest lane centre of points `px, py` `[S, N]` for a traveller heading `heading` `[S, N]`;
+        `found` where the chosen lane lies within `lane_search_m`."""
         s, n = px.shape
-        ax, ay = self.a[..., 0][:, None], self.a[..., 1][:, None]          # [S, 1, P, V-1]
-        dx, dy = self.d[..., 0][:, None], self.d[..., 1][:, None]
-        rx, ry = px[..., None, None] - ax, py[..., None, None] - ay          # [S, N, P, V-1]
+        ax, ay, dx, dy = (v[:, None] for v in (self.ax, self.ay, self.dx, self.dy))    # [S, 1, P, V-1]
+        rx, ry = px[..., None, None] - ax, py[..., None, None] - ay                    # [S, N, P, V-1]
         t = ((rx * dx + ry * dy) / self.len2[:, None]).clamp(0.0, 1.0)
-        cx, cy = ax + t * dx, ay + t * dy
-        dist = torch.hypot(px[..., None, None] - cx, py[..., None, None] - cy)
-        turn = 1.0 - torch.cos(heading[..., None, None] - self.seg_heading[:, None])
-        score = torch.where(self.valid[:, None], dist + self.params.lane_heading_weight_m * turn,
-                            torch.full_like(dist, math.inf))
-        best = score.reshape(s, n, -1).argmin(dim=-1)                       # [S, N] flat segment index
+        ex, ey = rx - t * dx, ry - t * dy                                              # point minus closest
+        dist = torch.sqrt(ex * ex + ey * ey)
+        turn = 1.0 - (torch.cos(heading)[..., None, None] * self.ux[:, None]
+                      + torch.sin(heading)[..., None, None] * self.uy[:, None])
+        score = torch.where(self.valid[:, None], dist + self.params.lane_heading_weight_m * turn, math.inf)
+        best = score.reshape(s, n, -1).argmin(dim=-1, keepdim=True)                    # [S, N, 1] flat segment
 
         def pick(v: torch.Tensor) -> torch.Tensor:
-            return v.reshape(s, n, -1).gather(-1, best[..., None])[..., 0]
+            return v.reshape(s, n, -1).gather(-1, best)[..., 0]
 
-        seg_heading = self.seg_heading[:, None].expand_as(dist)
-        cross = (dx * ry - dy * rx) / torch.sqrt(self.len2[:, None])
-        limit = self.limit.gather(1, torch.div(best, self.n_vertices - 1, rounding_mode="floor"))
-        found = pick(torch.where(self.valid[:, None], dist, torch.full_like(dist, math.inf))) \
-            <= self.params.lane_search_m
-        return LaneQuery(px=pick(cx), py=pick(cy), heading=pick(seg_heading), offset=pick(cross), limit=limit,
-                         found=found)
+        cross = self.ux[:, None] * ry - self.uy[:, None] * rx
+        limit = self.limit.gather(1, torch.div(best[..., 0], self.n_segments, rounding_mode="floor"))
+        ok = pick(self.valid[:, None].expand(-1, n, -1, -1))
+        return LaneQuery(px=px - pick(ex), py=py - pick(ey), heading=self.seg_heading.gather(1, best[..., 0]),
+                         offset=pick(cross), limit=limit, found=ok & (pick(dist) <= self.params.lane_search_m))
 
 
 class ObservationFeatures:
@@ -132,6 +142,7 @@ class ObservationFeatures:
 
     def __init__(self, params: FeatureParams) -> None:
         self.params = params
+        self._lanes: tuple[ScenarioBatch, LaneMap] | None = None  # the last scenario's lanes (plan steps reuse them)
 
     @classmethod
     def from_config(cls, policies_section: Mapping[str, Any]) -> ObservationFeatures:
@@ -150,7 +161,9 @@ class ObservationFeatures:
         from `scen`."""
         p = self.params
         ex, ey, eh, ev = x[..., EGO], y[..., EGO], heading[..., EGO], speed[..., EGO]
-        lanes = LaneMap(scen, p)
+        if self._lanes is None or self._lanes[0] is not scen:
+            self._lanes = (scen, LaneMap(scen, p))
+        lanes = self._lanes[1]
         here = lanes.nearest(ex, ey, eh)
         default = torch.full_like(ev, p.default_speed_limit_mps)
         limit = torch.where(here.found & torch.isfinite(here.limit), here.limit, default)
