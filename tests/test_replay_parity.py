@@ -4,9 +4,12 @@ trigger classes count their events (hard brake, phantom stop, near miss, weaving
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from fleetloop.replay.costs import ego_frame
 from fleetloop.replay.parity import fired_triggers, rollout_frames
 from fleetloop.triggers import load_config
+from fleetloop.triggers.criticality import time_to_collision
 
 from tests.replaydata import DT, constant, drive, scenario
 
@@ -66,3 +69,18 @@ def test_frames_carry_time_and_the_ego_frame() -> None:
     assert np.allclose([f.obj_rel_x_m[first][0], f.obj_rel_y_m[first][0], f.obj_rel_vx_mps[first][0]],
                        [20.0, 2.0, -6.0], atol=1e-5)
     assert not f.accel_valid[-1] and np.allclose(f.accel_lon_mps2[:-1], -1.0)
+
+
+def test_replay_gap_is_the_trigger_gap_less_the_half_lengths() -> None:
+    # The same moment through both: the trigger reads the lead's centre 25 m ahead closing at 5 m/s
+    # (TTC 5 s); the replay's bumper gap is 25 − (2.25 + 2.25) m, so its TTC is 5 − 4.5 / 5 = 4.1 s.
+    scen = scenario([(30.0, 0.0, 5.0)], t=40)
+    r = drive(scen, constant(scen, [0.0]))
+    (f,) = rollout_frames(r, scen, [(0, 0)], CFG.section("sanity"))
+    row = f.obj_row == 1                                  # one second after the current step
+    trigger_ttc = time_to_collision(f.obj_rel_x_m[row], -f.obj_rel_vx_mps[row], 0.5)
+    g = ego_frame(r, scen)
+    step = 10 - 1                                         # future steps start one after the current step
+    replay_ttc = time_to_collision(g.gap_x[0, 0, 0, step], g.closing[0, 0, 0, step], 0.5)
+    assert trigger_ttc.tolist() == pytest.approx([5.0], abs=1e-5)
+    assert float(replay_ttc) == pytest.approx(5.0 - 4.5 / 5.0, abs=1e-5)
