@@ -305,6 +305,8 @@ class IdmFollower:
         p = self.p
         s, c, _ = x.shape
         f = plan.followers.shape[1]
+        # a rollout's state is a strided view of its outputs; gathers read contiguous copies far faster
+        x, y, heading, speed, valid = (v.contiguous() for v in (x, y, heading, speed, valid))
         mine = plan.followers[:, None].expand(s, c, f)
         fx, fy, fh, fv = (v.gather(2, mine) for v in (x, y, heading, speed))
         cos, sin = torch.cos(fh), torch.sin(fh)

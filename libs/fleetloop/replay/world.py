@@ -92,9 +92,11 @@ class WorldModel:
         the state at `k + 1`. The other agents move by the scenario's agent model."""
         return self._advance(state, scen, ego_action, k)[0]
 
-    def _advance(self, state: WorldState, scen: ScenarioBatch, ego_action: Tensor,
-                 k: int) -> tuple[WorldState, Tensor, Tensor]:
-        """`step`, also returning the applied acceleration and curvature `[S, C, A]` at step k."""
+    def _advance(self, state: WorldState, scen: ScenarioBatch, ego_action: Tensor, k: int,
+                 into: tuple[Tensor, ...] | None = None) -> tuple[WorldState, Tensor, Tensor]:
+        """`step`, also returning the applied acceleration and curvature `[S, C, A]` at step k. `into`:
+        seven `[S, C, A]` views (x, y, heading, speed, valid at k + 1; accel, curvature at k) that already
+        hold the candidate-independent values (a rollout's outputs), written in place instead of copies."""
         if state.k != k or not scen.current_step <= k < scen.n_steps - 1:
             raise ScenarioError(f"step {k} from a state at step {state.k} in a window of {scen.n_steps} steps "
                                 f"starting at {scen.current_step}")
@@ -103,13 +105,14 @@ class WorldModel:
         def base(v: Tensor) -> Tensor:
             return v[:, None, :, nxt]
 
-        x, y, heading, speed, valid = (base(plan.base_x), base(plan.base_y), base(plan.base_heading),
-                                       base(plan.base_speed), base(plan.base_valid))
-        accel, curvature = plan.base_accel[:, None, :, k], plan.base_curvature[:, None, :, k]
-        shape = state.x.shape
-        # every candidate starts from the candidate-independent tracks; followers and the ego are written in
-        x, y, heading, speed, valid, accel, curvature = (
-            v.expand(shape).clone() for v in (x, y, heading, speed, valid, accel, curvature))
+        if into is None:
+            # every candidate starts from the candidate-independent tracks; followers and the ego are written in
+            shape = state.x.shape
+            x, y, heading, speed, valid, accel, curvature = (v.expand(shape).clone() for v in (
+                base(plan.base_x), base(plan.base_y), base(plan.base_heading), base(plan.base_speed),
+                base(plan.base_valid), plan.base_accel[:, None, :, k], plan.base_curvature[:, None, :, k]))
+        else:
+            x, y, heading, speed, valid, accel, curvature = into
         path_s = plan.path_s[:, None, :, nxt - scen.current_step]
         path_curvature = plan.path_curvature[:, None, :, nxt - scen.current_step]
         leader = state.leader
@@ -121,9 +124,14 @@ class WorldModel:
                                           scen.dt_s, refresh)
             active = plan.follower_ok[:, None] & state.taken_over[..., None]                  # [S, C, F]
             slots = plan.followers[:, None].expand_as(active)
-            for full, mine in ((x, moved.x), (y, moved.y), (heading, moved.heading), (speed, moved.speed),
-                               (valid, moved.valid), (accel, moved.accel), (curvature, moved.curvature)):
-                full.scatter_(2, slots, torch.where(active, mine, full.gather(2, slots)))
+            at_next, at_k = (plan.base_x, plan.base_y, plan.base_heading, plan.base_speed, plan.base_valid), (
+                plan.base_accel, plan.base_curvature)
+            logged = [v[:, None, :, nxt].gather(2, plan.followers[:, None]) for v in at_next] + [
+                v[:, None, :, k].gather(2, plan.followers[:, None]) for v in at_k]           # [S, 1, F] each
+            for full, mine, log in zip((x, y, heading, speed, valid, accel, curvature),
+                                       (moved.x, moved.y, moved.heading, moved.speed, moved.valid, moved.accel,
+                                        moved.curvature), logged, strict=True):
+                full.scatter_(2, slots, torch.where(active, mine, log))
             path_s = torch.where(active, moved.path_s, path_s)
             path_curvature = torch.where(active, moved.curvature, path_curvature)
             leader = moved.leader
@@ -163,22 +171,17 @@ class WorldModel:
         def broadcast(v: Tensor) -> Tensor:
             return v[:, None].expand(full).clone()
 
-        # The candidate-independent tracks first (one copy each); the time loop then writes only
-        # step k+1 of every field.
+        # The candidate-independent tracks first (one copy each); each step then writes only the followers
+        # and the ego, in place, and its state is a view of step k+1 of these outputs.
         out = Rollout(x=broadcast(plan.base_x), y=broadcast(plan.base_y), heading=broadcast(plan.base_heading),
                       speed=broadcast(plan.base_speed), accel=broadcast(plan.base_accel),
                       curvature=broadcast(plan.base_curvature), valid=broadcast(plan.base_valid),
                       ego_actions=torch.zeros(s, c_n, t, 2, device=scen.device), dt_s=scen.dt_s,
                       current_step=scen.current_step)
         for k in range(scen.current_step, t - 1):
-            state, accel, curvature = self._advance(state, scen, ego_actions[:, :, k], k)
-            out.x[..., k + 1] = state.x
-            out.y[..., k + 1] = state.y
-            out.heading[..., k + 1] = state.heading
-            out.speed[..., k + 1] = state.speed
-            out.valid[..., k + 1] = state.valid
-            out.accel[..., k] = accel
-            out.curvature[..., k] = curvature
+            into = (out.x[..., k + 1], out.y[..., k + 1], out.heading[..., k + 1], out.speed[..., k + 1],
+                    out.valid[..., k + 1], out.accel[..., k], out.curvature[..., k])
+            state, _, _ = self._advance(state, scen, ego_actions[:, :, k], k, into)
         out.valid[:, :, EGO, scen.current_step:] = True
         out.accel[..., t - 1] = 0.0
         out.curvature[..., t - 1] = 0.0
