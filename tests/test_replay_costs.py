@@ -10,7 +10,7 @@ import pytest
 import torch
 from fleetloop.replay.config import load_config
 from fleetloop.replay.costs import COST_TERMS, OBJECTIVES, build_terms, evaluate
-from fleetloop.replay.scenario import Rollout, ScenarioBatch
+from fleetloop.replay.scenario import Rollout, ScenarioBatch, ScenarioError
 
 from tests.replaydata import DT, constant, drive, scenario
 
@@ -193,3 +193,17 @@ def test_config_errors() -> None:
     wrong = load_config(overrides={"costs": {"terms": {"ttc": {"params": {"ttc_sec": 2.0}}}}})
     with pytest.raises(ValueError, match="ttc_sec"):
         build_terms(wrong)
+
+
+def test_bad_input_is_named() -> None:
+    scen = scenario([(20.0, 0.0, 0.0)])
+    r = drive(scen, constant(scen, [0.0, -3.0]))
+    with pytest.raises(ScenarioError, match="baseline has 2 candidates"):
+        evaluate(r, scen, r, CFG)
+    other = scenario([(20.0, 0.0, 0.0), (40.0, 3.5, 5.0)])
+    with pytest.raises(ScenarioError, match="expected"):
+        evaluate(drive(other, constant(other, [0.0])), scen, drive(scen, constant(scen, [0.0])), CFG)
+    last = scenario([], t=20, current_step=19)
+    still = drive(last, constant(last, [0.0]))
+    with pytest.raises(ScenarioError, match="nothing to score"):
+        evaluate(still, last, still, CFG)

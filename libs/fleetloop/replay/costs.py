@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from fleetloop.replay.config import ReplayConfig
-from fleetloop.replay.scenario import EGO, MapKind, Rollout, ScenarioBatch
+from fleetloop.replay.scenario import EGO, MapKind, Rollout, ScenarioBatch, ScenarioError
 from fleetloop.triggers.criticality import time_to_collision
 
 OBJECTIVES = ("safety", "comfort", "efficiency", "compliance")
@@ -670,6 +670,22 @@ def _subscore(name: str, cv: CostValue, agg: Mapping[str, Any]) -> Tensor:
     return torch.where(cv.valid, s, 1.0)
 
 
+def _check(rollout: Rollout, scen: ScenarioBatch, baseline: Rollout) -> None:
+    """Raise `ScenarioError` for a rollout that does not fit its scenario or has no future to score."""
+    s, a, t = scen.x.shape
+    for name, r in (("rollout", rollout), ("baseline", baseline)):
+        shape = tuple(r.x.shape)
+        if len(shape) != 4 or (shape[0], shape[2], shape[3]) != (s, a, t):
+            raise ScenarioError(f"{name} has shape {shape}, expected ({s}, C, {a}, {t}) for the scenario batch")
+        if r.current_step != scen.current_step:
+            raise ScenarioError(f"{name} starts at step {r.current_step}, the scenarios at {scen.current_step}")
+    if baseline.x.shape[1] != 1:
+        raise ScenarioError(f"baseline has {baseline.x.shape[1]} candidates, expected 1")
+    if scen.current_step >= t - 1:
+        raise ScenarioError(f"nothing to score: current_step {scen.current_step} is the last of {t} steps "
+                            f"(scenarios {[m.scenario_id for m in scen.meta][:3]}...)")
+
+
 def evaluate(rollout: Rollout, scen: ScenarioBatch, baseline: Rollout, config: ReplayConfig,
              terms: list[TermSpec] | None = None) -> CostReport:
     """Every configured cost term of `rollout` `[S, C, A, T]` against `baseline` (C = 1), combined.
@@ -678,8 +694,10 @@ def evaluate(rollout: Rollout, scen: ScenarioBatch, baseline: Rollout, config: R
     `objectives[..., i]` the same sum over the terms (and gates) of objective `OBJECTIVES[i]`;
     `score` = Π gate multipliers (`aggregate.multipliers` terms pass; progress ratio ≥
     `aggregate.making_progress_ratio`) × the `aggregate.weights`-weighted mean of sub-scores.
-    `terms` may be passed to skip rebuilding them from `config` in a loop.
+    `terms` may be passed to skip rebuilding them from `config` in a loop. Raises `ScenarioError` for
+    a rollout or baseline that does not fit `scen`, or a window without a step after `current_step`.
     """
+    _check(rollout, scen, baseline)
     specs = build_terms(config) if terms is None else terms
     penalty = float(config.section("costs")["gate_penalty"])
     agg = config.section("aggregate")
