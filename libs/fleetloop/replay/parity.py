@@ -45,16 +45,16 @@ def rollout_frames(rollout: Rollout, scen: ScenarioBatch, pairs: Sequence[tuple[
                    sanity: Mapping[str, float]) -> list[Frames]:
     """One `Frames` per (scenario, candidate) in `pairs` (see the module docstring)."""
     cs, t = rollout.current_step, rollout.x.shape[-1]
-    s_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=rollout.x.device)
-    c_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=rollout.x.device)
+    n_c = rollout.x.shape[1]
+    flat = torch.tensor([s * n_c + c for s, c in pairs], dtype=torch.long, device=rollout.x.device)
 
-    def pick(v: torch.Tensor) -> np.ndarray:   # [P, A, F] float64 for the picked pairs, future steps
-        return v[s_idx, c_idx, :, cs:].double().cpu().numpy()
+    def pick(v: torch.Tensor) -> np.ndarray:   # [P, A, F] for the picked pairs, future steps, on the host
+        return v.flatten(0, 1).index_select(0, flat)[..., cs:].cpu().numpy()
 
-    x, y, h, v = pick(rollout.x), pick(rollout.y), pick(rollout.heading), pick(rollout.speed)
-    accel, curv = pick(rollout.accel), pick(rollout.curvature)
-    valid = rollout.valid[s_idx, c_idx, :, cs:].cpu().numpy()
-    cls = scen.agent_class[s_idx].cpu().numpy()
+    x, y, h, v = (pick(q).astype(np.float64) for q in (rollout.x, rollout.y, rollout.heading, rollout.speed))
+    accel, curv = pick(rollout.accel).astype(np.float64), pick(rollout.curvature).astype(np.float64)
+    valid = pick(rollout.valid)
+    cls = scen.agent_class.cpu().numpy()[[s for s, _ in pairs]]
     steps = np.arange(cs, t)
     out = []
     for i, (s, _) in enumerate(pairs):
