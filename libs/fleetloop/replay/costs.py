@@ -40,9 +40,11 @@ from fleetloop.triggers.criticality import time_to_collision
 OBJECTIVES = ("safety", "comfort", "efficiency", "compliance")
 INF = float("inf")
 _FAR = 1e7  # m: where invalid map segments are put (far beyond any crop, exact in float32 squares)
-# m: corners nearer the road edge than this (by the straight-edge estimate) are measured exactly; the
-# estimate's error on a 5 m-vertex polyline is its sagitta (0.16 m at a 20 m radius), far below this
-# margin plus the 0.3 m tolerance, so the gate never misses a corner over the edge.
+# m: corners nearer the road edge than this (by the straight-edge estimate) are measured exactly. The
+# estimate is exact for straight edges; on a 5 m-vertex curve its error is about the sagitta (0.16 m at
+# a 20 m radius), below this margin plus the 0.3 m tolerance. Measured on 56 generated scenarios × 16
+# wandering candidates (junctions included): the off-road verdict agreed with corner-by-corner
+# measurement at all but 1 of 71,680 steps (a sign flip of the corner-by-corner path at a vertex).
 _EXACT_CORNER_M = 0.5
 
 
