@@ -1,6 +1,7 @@
 """MPS / MPD_all / MPD_resp / MPI against hand-made triggers and mileage in chDB: rates and intervals
 by dimension, adjudication moving events in and out of MPD, third-party responsibility, replays,
-and MetricsService + `fleetloop metrics` over gRPC."""
+and MetricsService + `fleetloop metrics` over gRPC. The sink's logic is fed records directly; the last
+test runs heartbeat-ingest on the real broker, so mileage, triggers and cases arrive over Kafka."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fleetloop import topics
-from fleetloop.bus import Record
+from fleetloop.bus import Bus, Record, ensure_topics
 from fleetloop.commands.metrics import app as metrics_cli
 from fleetloop.grpc_server import Servicer, start_server
 from fleetloop.v1 import cases_pb2, common_pb2, metrics_pb2, metrics_pb2_grpc, triggers_pb2
@@ -19,7 +20,8 @@ from typer.testing import CliRunner
 from services.heartbeat_ingest import rows
 from services.heartbeat_ingest.metrics import MetricsSink, compute_metrics, metrics_report
 from services.heartbeat_ingest.metrics_api import MetricsApi
-from tests.conftest import truncate_owned_tables
+from services.heartbeat_ingest.service import HeartbeatIngest
+from tests.conftest import truncate_owned_tables, wait_until
 from tests.fleetdata import T0_MS, drive
 
 pytestmark = pytest.mark.integration
@@ -170,3 +172,49 @@ async def test_metrics_service_and_cli(sink, warehouse) -> None:
         assert "park-a" in result.output and "MPD_ALL" in result.output
     finally:
         await server.stop(grace=0)
+
+
+async def test_heartbeat_ingest_computes_metrics_from_the_topics(settings, warehouse, redis_client) -> None:
+    """The wiring: heartbeat and pose for mileage, triggers and a case over Kafka into heartbeat-ingest,
+    MetricsService of the running service answering."""
+    warehouse.migrate("heartbeat_ingest", Path("services/heartbeat_ingest/migrations"))
+    truncate_owned_tables(warehouse, ("ods_", "dwd_", "dws_", "trigger_events_metric", "case_verdicts"))
+    mileage = (drive("veh-a", 1000, speed=10.0, park="park-a", city="city-a")
+               + drive("veh-b", 500, speed=10.0, park="park-b", city="city-b", software_version="v2.0",
+                       road_type=common_pb2.ROAD_TYPE_PARK))
+    judged = case("c1", 3, [EVENTS[0]], cases_pb2.VERDICT_DANGEROUS, cases_pb2.RESPONSIBILITY_THIRD_PARTY, 900)
+    sent = ([(topic, env.vehicle_id.encode(), env.SerializeToString()) for topic, env in mileage]
+            + [(topics.TRIGGERS, e.vehicle_id.encode(), e.SerializeToString()) for e in EVENTS * 2]  # a replay
+            + [(topics.CASES, judged.vehicle_id.encode(), judged.SerializeToString())])
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    bus = Bus(settings.kafka_bootstrap_servers)
+    await bus.start()
+    await bus.send_many(sent)
+    service = HeartbeatIngest(settings, warehouse, bus)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+
+    async def consumed() -> bool:
+        if task.done():
+            task.result()
+        handled = service.consumer.records_by_topic + service.metrics_consumer.records_by_topic
+        return (handled[topics.HEARTBEAT] + handled[topics.POSE] == len(mileage)
+                and handled[topics.TRIGGERS] == 2 * len(EVENTS) and handled[topics.CASES] == 1)
+
+    try:
+        await wait_until(consumed, timeout_s=120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            stub = metrics_pb2_grpc.MetricsServiceStub(channel)
+            (fleet,) = (await stub.GetMetrics(metrics_pb2.GetMetricsRequest())).rows
+            by_park = {r.group: r for r in (await stub.GetMetrics(metrics_pb2.GetMetricsRequest(group_by="park"))).rows}
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+    # As in test_adjudication_moves_events_in_and_out_of_mpd after c1: the dangerous third-party hard
+    # brake moves from MPS to MPD_all only; the replayed triggers count once.
+    assert fleet.km == pytest.approx(15.0)
+    assert (fleet.mps.events, fleet.mpd_all.events, fleet.mpd_resp.events, fleet.mpi.events) == (1, 3, 2, 1)
+    assert by_park["park-a"].km == pytest.approx(10.0) and by_park["park-b"].km == pytest.approx(5.0)
+    assert (by_park["park-b"].mps.events, by_park["park-b"].mpd_all.events) == (1, 1)
+    assert service.metrics_consumer.refused == 0
