@@ -12,8 +12,9 @@ switched to the reactive IDM car-follower, the costliest model), 32 agent slots 
              policy step = one 0.1 s step) stepped with idle actions, as vehicle-steps/s; it is installed
              for the bench only (`pip install highway-env==1.12.1`) and skipped when absent;
 - case search — `search.search` of that one case with the configured budget (candidates reported);
-- suite_solved / pair_kb_p95 — from the generated suite (`fleetloop.replay.suite`, `fleetloop.replay.pair`)
-             when those modules are present, else null.
+- suite_solved — the solved fraction of the generated suite's solvable scenarios (`fleetloop.replay.suite`,
+             200 scenarios, 28 with --quick, `--suite 0` skips it); pair_kb_p95 — the 95th percentile of
+             those scenarios' serialised ScenarioSolutionPair sizes (kB).
 
 Agent-steps count agent slots, like GPUDrive's figure (its 2.29 M slot-steps/s on an RTX 4080); the
 number of agents actually present in the case is printed beside it. Timings are the best of a few
@@ -53,17 +54,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_of(repeats: int, fn: Callable[[], Any], device: torch.device) -> float:
-    """Fastest wall time (s) of `repeats` calls of fn, after one untimed warm-up call."""
+def best_of(repeats: int, fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """Fastest wall time and fastest process CPU time (s) of `repeats` calls of fn, after one untimed
+    warm-up call. CPU time shows what the work costs where other processes share the cores."""
     fn()
     sync(device)
-    best = float("inf")
+    wall, cpu = float("inf"), float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return wall, cpu
 
 
 def bench_case(config: ReplayConfig, device: torch.device) -> tuple[ScenarioBatch, int]:
@@ -117,16 +119,25 @@ def highway_env_rate(steps: int) -> tuple[float, int] | None:
     return n / seconds, vehicles
 
 
-def optional_suite(config: ReplayConfig, world: WorldModel, n: int, device: torch.device) -> dict[str, Any]:
-    """suite_solved (and the search time of the suite) when `fleetloop.replay.suite` exists."""
-    if importlib.util.find_spec("fleetloop.replay.suite") is None:
-        return {"suite_solved": None}
+def suite_figures(config: ReplayConfig, world: WorldModel, n: int, device: torch.device) -> dict[str, Any]:
+    """suite_solved over a generated suite of `n` (seed 1, searched with the `rule@1` policy seed, as the
+    suite test does) and the size distribution of the suite's ScenarioSolutionPairs (serialised bytes)."""
+    from fleetloop.replay.generator import without_phantoms
+    from fleetloop.replay.pair import pair_to_bytes
+    from fleetloop.replay.policies import get_policy
+    from fleetloop.replay.search import solution_pair
     from fleetloop.replay.suite import run_suite, suite_table
 
-    report = run_suite(n, 1, config, world, device=device)
+    report = run_suite(n, 1, config, world, get_policy("rule@1", config), device=device)
     print(suite_table(report))
-    return {"suite_solved": round(report.solved_fraction, 3), "suite_n": n, "suite_search_s": round(report.seconds, 2),
-            "_report": report}
+    scen = without_phantoms(generate_suite(n, 1, config, device))
+    sizes = torch.tensor([len(pair_to_bytes(solution_pair(scen, report.result, i, config, "rule@1"), config))
+                          for i in range(scen.n_scenarios)], dtype=torch.float64) / 1000.0
+    p50, p95 = (float(torch.quantile(sizes, q)) for q in (0.5, 0.95))
+    print(f"suite: {n} scenarios searched in {report.seconds:.1f} s; solved {report.solved}/{report.solvable} "
+          f"solvable; pair size p50 {p50:.1f} kB, p95 {p95:.1f} kB, max {float(sizes.max()):.1f} kB")
+    return {"suite_solved": round(report.solved_fraction, 3), "suite_n": n, "suite_search_s": round(report.seconds, 1),
+            "pair_kb_p50": round(p50, 2), "pair_kb_p95": round(p95, 2)}
 
 
 def main() -> None:
@@ -156,14 +167,17 @@ def main() -> None:
         return costs.evaluate(world.rollout(scen, acts), scen, baseline, config, terms)
 
     sizes = (64, 256, 1000) if args.quick else (64, 256, 1000, 4096)
-    batches, rollout_only = {}, {}
+    batches, rollout_only, cpu_rate = {}, {}, {}
     for n in sizes:
         acts = candidates(world, scen, n)
-        t_full = best_of(repeats if n <= 1000 else max(1, repeats // 2), lambda a=acts: full(a), device)
-        t_roll = best_of(repeats if n <= 1000 else max(1, repeats // 2), lambda a=acts: world.rollout(scen, a), device)
-        batches[n], rollout_only[n] = n * STEPS * SLOTS / t_full, n * STEPS * SLOTS / t_roll
-        print(f"batch {n:>5}: rollout + costs {t_full * 1000:8.1f} ms = {batches[n] / 1e6:6.2f} M agent-steps/s   "
-              f"(rollout alone {t_roll * 1000:7.1f} ms = {rollout_only[n] / 1e6:6.2f} M)")
+        reps = repeats if n <= 1000 else max(1, repeats // 2)
+        t_full, c_full = best_of(reps, lambda a=acts: full(a), device)
+        t_roll, _ = best_of(reps, lambda a=acts: world.rollout(scen, a), device)
+        work = n * STEPS * SLOTS
+        batches[n], rollout_only[n], cpu_rate[n] = work / t_full, work / t_roll, work / c_full
+        print(f"batch {n:>5}: rollout + costs {t_full * 1000:8.1f} ms = {batches[n] / 1e6:6.2f} M agent-steps/s "
+              f"(CPU time {c_full * 1000:7.1f} ms = {cpu_rate[n] / 1e6:6.2f} M); rollout alone {t_roll * 1000:7.1f} ms "
+              f"= {rollout_only[n] / 1e6:6.2f} M")
     value = batches[1000]
 
     n_loop = 8 if args.quick else 32
@@ -172,10 +186,10 @@ def main() -> None:
     def loop() -> None:
         for c in range(n_loop):
             full(one_at_a_time[:, c:c + 1])
-    t_loop = best_of(1 if args.quick else 2, loop, device)
-    loop_rate = n_loop * STEPS * SLOTS / t_loop
+    t_loop, c_loop = best_of(1 if args.quick else 2, loop, device)
+    loop_rate, loop_cpu = n_loop * STEPS * SLOTS / t_loop, n_loop * STEPS * SLOTS / c_loop
     print(f"one candidate at a time: {t_loop / n_loop * 1000:7.1f} ms per candidate = {loop_rate / 1e6:6.3f} M "
-          f"agent-steps/s; ratio {value / loop_rate:.1f}x")
+          f"agent-steps/s; ratio {value / loop_rate:.1f}x (by CPU time {cpu_rate[1000] / loop_cpu:.1f}x)")
 
     hw = highway_env_rate(200 if args.quick else 1000)
     if hw is None:
@@ -184,27 +198,25 @@ def main() -> None:
         print(f"highway-env highway-fast-v0 ({hw[1]} vehicles, 10 Hz): {hw[0]:,.0f} vehicle-steps/s; "
               f"the batched world model is {value / hw[0]:,.0f}x that")
 
-    case_s, case_candidates = None, None
-    if importlib.util.find_spec("fleetloop.replay.search") is not None:
-        from fleetloop.replay.search import search
-        t0 = time.perf_counter()
-        result = search(scen, world, None, config)
-        sync(device)
-        case_s, case_candidates = time.perf_counter() - t0, int(result.candidates[0])
-        print(f"case search: {case_s:.2f} s, {case_candidates} candidates, {int(result.iterations[0])} iterations"
-              f"{' (early stop)' if bool(result.early_stopped[0]) else ''}")
+    from fleetloop.replay.search import search
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = search(scen, world, None, config)
+    sync(device)
+    case_s, case_cpu, case_candidates = time.perf_counter() - t0, time.process_time() - c0, int(result.candidates[0])
+    print(f"case search: {case_s:.2f} s (CPU time {case_cpu:.2f} s), {case_candidates} candidates, "
+          f"{int(result.iterations[0])} iterations{' (early stop)' if bool(result.early_stopped[0]) else ''}")
 
     n_suite = args.suite if args.suite is not None else (28 if args.quick else 200)
-    suite = optional_suite(config, world, n_suite, device) if n_suite > 0 else {"suite_solved": None}
-    suite.pop("_report", None)
+    skipped = {"suite_solved": None, "pair_kb_p95": None}
+    suite = suite_figures(config, world, n_suite, device) if n_suite > 0 else skipped
     print(json.dumps({
         "bench": "replay", "value": round(value), "unit": "agent-steps/s", "device": str(device),
-        "ratio": round(value / loop_rate, 1), "loop": round(loop_rate),
+        "ratio": round(value / loop_rate, 1), "loop": round(loop_rate), "value_cpu_time": round(cpu_rate[1000]),
         "batches": {str(k): round(v) for k, v in batches.items()},
         "rollout_only": {str(k): round(v) for k, v in rollout_only.items()},
         "highway_env": round(hw[0]) if hw else None, "agents_present": present,
-        "case_search_s": round(case_s, 3) if case_s is not None else None, "case_candidates": case_candidates,
-        "pair_kb_p95": None, **suite}))
+        "case_search_s": round(case_s, 3), "case_search_cpu_s": round(case_cpu, 3), "case_candidates": case_candidates,
+        **suite}))
 
 
 if __name__ == "__main__":
