@@ -189,3 +189,15 @@ def test_bad_input_gets_precise_errors():
         search(stalled(), WORLD, None, load_config(overrides={"search": {"method": "sgd"}}))
     with pytest.raises(ValueError, match="unknown keys \\['iteration'\\]"):
         search(stalled(), WORLD, None, load_config(overrides={"search": {"iteration": 3}}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_finds_the_same_answer_within_tolerance():
+    # the noise is drawn on the CPU for every device, so the two searches differ only by float rounding
+    # in the rollouts and costs: the same kind of solution, totals within 1e-2, both collision-free
+    cpu = search(stalled(), WORLD, None, CFG, seed=3)
+    cuda = search(stalled().to("cuda"), WORLD, None, CFG, seed=3)
+    assert cuda.device.startswith("cuda") and cuda.source == cpu.source
+    assert float(cuda.solution_report.total[0, 0]) == pytest.approx(float(cpu.solution_report.total[0, 0]), abs=1e-2)
+    assert float(cuda.solution_report.terms["collision"].value[0, 0]) == 0
+    assert torch.allclose(cuda.solution_actions.cpu(), cpu.solution_actions, atol=1e-2)
