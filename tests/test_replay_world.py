@@ -136,6 +136,25 @@ def test_idm_follower_brakes_for_the_ego_and_keeps_a_gap(world):
     assert out.speed[0, 0, 2, -1].item() == pytest.approx(15.0, abs=0.5)
 
 
+def test_follower_on_a_curve_sees_the_ego_through_the_bent_corridor(world):
+    """On an arc of R = 40 m a car 25 m behind the ego is ~7.8 m off its own straight-ahead line; the
+    corridor bent by the path curvature still finds the braking ego and the follower stops behind it."""
+    k = 1 / 40
+    scen = scene([(0.0, 0.0, 12.0, AgentClass.CAR)], ego_speed=12.0, ego_curvature=k, steps=81)
+    s = 12.0 * (torch.arange(81, dtype=torch.float32) - NOW) * DT - 25.0
+    scen.heading[0, 1] = s * k
+    scen.x[0, 1], scen.y[0, 1] = torch.sin(s * k) / k, (1 - torch.cos(s * k)) / k
+    scen.vx[0, 1], scen.vy[0, 1] = 12.0 * torch.cos(s * k), 12.0 * torch.sin(s * k)
+    acts = world.baseline_actions(scen)[:, None].clone()
+    acts[:, :, NOW:-1, 0] = -4.0
+    out = world.rollout(scen, acts)
+    gap = torch.hypot(out.x[0, 0, 0] - out.x[0, 0, 1], out.y[0, 0, 0] - out.y[0, 0, 1]) - 4.5
+    assert gap[NOW:].min().item() > 1.0
+    assert out.speed[0, 0, 1, -1].item() < 1.0
+    on_arc = torch.hypot(out.x[0, 0, 1], out.y[0, 0, 1] - 1 / k) - 1 / k        # stays on its logged path
+    assert on_arc.abs().max().item() < 0.05
+
+
 def test_takeover_only_once_the_ego_leaves_its_log(world):
     """Below the 1 m deviation the IDM agents replay their log; the takeover is per candidate."""
     scen = scene([(-20.0, 0.0, 15.0, AgentClass.CAR)])
