@@ -207,3 +207,18 @@ def test_bad_input_is_named() -> None:
     still = drive(last, constant(last, [0.0]))
     with pytest.raises(ScenarioError, match="nothing to score"):
         evaluate(still, last, still, CFG)
+
+
+def test_candidate_chunks_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetloop.replay import costs
+
+    scen = scenario([(20.0, 0.0, 0.0), (8.0, 2.4, 9.0), (30.0, 0.0, 5.0)])
+    accel = torch.linspace(-8.0, 2.0, 7)[None, :, None].expand(1, -1, scen.n_steps).clone()
+    base = drive(scen, accel[:, :1])
+    whole = evaluate(drive(scen, accel), scen, base, CFG)
+    monkeypatch.setattr(costs, "_CHUNK_ELEMENTS", 2 * 3 * 39)      # two candidates per chunk (3 agents, 39 steps)
+    assert len(costs.candidate_chunks((1, 7, 3, 39))) == 4
+    chunked = evaluate(drive(scen, accel), scen, base, CFG)
+    for name, cv in whole.terms.items():
+        torch.testing.assert_close(chunked.terms[name].value, cv.value, msg=name)
+    torch.testing.assert_close(chunked.total, whole.total)
