@@ -289,7 +289,8 @@ def braking_alternative(ego: Track, window: Window, decel: float) -> Track:
     accel = np.full(window.n_steps - k0, -decel)
     s_alt, _ = drive(v0, accel, window.dt_s)
     s_new = np.concatenate([s_log[:k0], s_log[k0] + s_alt])
-    # extend the path straight past its end so a stop is always on it
+    # braking never drives further than the logged ego did (it brakes earlier or harder), so the
+    # stop lies on the logged path
     return replace(ego, x=np.interp(s_new, s_log, ego.x), y=np.interp(s_new, s_log, ego.y))
 
 
@@ -361,7 +362,7 @@ def fill_traffic(d: Draw, road: Road, window: Window, n: int, free_lanes: Sequen
         onc = lane >= road.n_fwd
         v = speeds[lane]
         s0 = ego_s + d.u(-80.0, 140.0)
-        spacing = 8.0 + 1.5 * v + 12.0  # longest vehicle + a 1.5 s gap: convoys never touch
+        spacing = 12.0 + 8.0 + 1.5 * v  # a bus, 8 m standing gap and a 1.5 s time gap: convoys never touch
         if any(abs(s0 - o) < spacing for o in slots[lane]) or not keep_clear(lane, s0):
             continue
         slots[lane].append(s0)
