@@ -6,8 +6,14 @@ perceived objects placed in the world from the ego pose of their second and inte
 10 Hz grid between consecutive detections (`filled`), and the lane centres of the route the vehicle
 drove (one polyline per road piece and lane, with the piece's speed limit). `cloning_samples` takes
 the observation features at every logged step and, as targets, the inverse bicycle of the logged ego
-(the action that moves step k to k+1). `train_behaviour_cloning` fits the MLP with Adam on a window-wise
-split, saves `bc@<n>.safetensors` plus its manifest and returns the metrics.
+(the action that moves step k to k+1), leaving out windows where the ego stops and steps off its lane
+centre (lane changes): the reasons for those are not in the features. `train_behaviour_cloning` fits
+the MLP with Adam on a window-wise split (past-motion dropout on the `accel_mps2` input), saves
+`bc@<n>.safetensors` plus its manifest and returns the metrics.
+
+This builds its windows itself rather than through `minilog.from_ground_truth`: that path crops the
+full 220 m, 96-polyline map per moment for an 8 s search horizon, ~30x slower for hundreds of training
+windows, where the route's own lanes are what the features need.
 
 Losses are mean squared errors in standardised units: the acceleration error, and the curvature error
 as a lateral-acceleration error `(v² + v_ref²) Δκ`, each divided by the training deviation of its
@@ -253,22 +259,20 @@ def simulated_driving(config: ReplayConfig, vehicles: int, duration_s: int, sim_
 
 
 def cloning_samples(scen: ScenarioBatch, features: ObservationFeatures, bounds: ActionBounds,
-                    min_speed_mps: float, max_offset_m: float,
+                    stop_speed_mps: float, max_offset_m: float,
                     chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features `[N, F]`, target actions `[N, 2]` (m/s², 1/m), scenario index `[N]`) at every logged
-    step k < T-1 whose inverse-bicycle action is valid, where the ego moves at either end and is within
-    `max_offset_m` of its lane centre. Targets are clamped to just inside the action bounds (the tanh
-    output never reaches them)."""
+    step k < T-1 whose inverse-bicycle action is valid, in windows where the ego never drops below
+    `stop_speed_mps`, where it is within `max_offset_m` of its lane centre. Targets are clamped to just
+    inside the action bounds (the tanh output never reaches them)."""
     feats, targets, owner = [], [], []
     for lo in range(0, scen.n_scenarios, chunk):
         part = scen.select(range(lo, min(lo + chunk, scen.n_scenarios)))
         f = features.along_log(part)                                                # [s, T, F]
         accel, curvature, ok = inverse_bicycle(part.x[:, EGO], part.y[:, EGO], part.heading[:, EGO],
                                                part.speed[:, EGO], part.valid[:, EGO], part.dt_s)
-        v = part.speed[:, EGO]
-        moving = torch.zeros_like(ok)
-        moving[:, :-1] = (v[:, :-1] >= min_speed_mps) | (v[:, 1:] >= min_speed_mps)
-        keep = ok & moving & (f[..., FEATURES.index("lateral_offset_m")].abs() <= max_offset_m)
+        driving = torch.where(part.valid[:, EGO], part.speed[:, EGO], math.inf).min(dim=1).values >= stop_speed_mps
+        keep = ok & driving[:, None] & (f[..., FEATURES.index("lateral_offset_m")].abs() <= max_offset_m)
         keep[:, -1] = False
         idx = torch.arange(lo, lo + part.n_scenarios, device=scen.device)[:, None].expand_as(keep)
         feats.append(f[keep])
@@ -324,7 +328,7 @@ def train_behaviour_cloning(config: ReplayConfig, out_dir: Path | str, seed: int
     bounds = ActionBounds.from_config(config)
 
     scen = simulated_driving(config, vehicles, duration_s, sim_seed)
-    x, y, owner = cloning_samples(scen, features, bounds, float(bc["min_speed_mps"]), float(bc["max_offset_m"]))
+    x, y, owner = cloning_samples(scen, features, bounds, float(bc["stop_speed_mps"]), float(bc["max_offset_m"]))
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(scen.n_scenarios, generator=gen)
     n_val = max(1, int(round(float(bc["val_fraction"]) * scen.n_scenarios)))
