@@ -167,6 +167,7 @@ def test_ground_truth_of_the_same_moment_and_the_perception_error(fleet, world, 
                               case_id="case-hb")
     truth.validate()
     assert truth.meta[0].source == "ground_truth" and not bool(truth.filled.any())
+    assert "incident:hard_brake:inc-0000-hard_brake" in truth.meta[0].tags
     assert (truth.meta[0].origin_x_m, truth.meta[0].origin_y_m) == pytest.approx((meta.origin_x_m, meta.origin_y_m))
     (err,) = perception_error(perceived, truth)
     assert err.missed == [] and err.phantom == [] and len(err.track_ids) >= 5

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -330,6 +330,7 @@ class TruthLog:
     ego: EgoLog
     objects: Detections
     ego_size_m: tuple[float, float] = VAN_SIZE_M
+    incidents: list[tuple[int, int, str, str]] = field(default_factory=list)  # (start_ms, end_ms, kind, id)
 
 
 class TruthRecorder:
@@ -378,6 +379,8 @@ class TruthRecorder:
             rows += [_detection_row(t_ms, o) for o in sim.perc_objects.get(i, [])]
 
     def truth(self, vehicle_id: str) -> TruthLog:
+        """The record of one vehicle so far (incidents: those the simulator has recorded, all of them
+        once `seconds()` is exhausted)."""
         poses = self._poses[vehicle_id]
         if not poses:
             raise ScenarioError(f"ground truth {vehicle_id}: no ego pose recorded")
@@ -385,18 +388,27 @@ class TruthRecorder:
         x, y, h, v = (np.array([poses[k][j] for k in t]) for j in range(4))
         veh = self.sim.vehicles[self.index[vehicle_id]]
         size = TRUCK_SIZE_M if veh.kind == "truck" else VAN_SIZE_M
+        incidents = [(i.start_ms, i.end_ms, i.kind, i.incident_id) for i in self.sim.ground_truth.incidents
+                     if i.vehicle_id == vehicle_id]
         return TruthLog(vehicle_id, veh.city.name, EgoLog(t, x, y, np.unwrap(h), v),
-                        Detections.from_rows(self._rows[vehicle_id]), size)
+                        Detections.from_rows(self._rows[vehicle_id]), size, incidents)
 
 
 def from_ground_truth(truth: TruthLog, at_ms: int, map_provider: MapProvider, config: ReplayConfig,
                       case_id: str = "", device: torch.device | str = "cpu") -> ScenarioBatch:
     """The simulator's truth of the moment `at_ms` (the current step) in the layout and frame of
     `from_minilog` for the same vehicle and time: every object on every step of its seconds, moving
-    at its own velocity, nothing filled; `source` "ground_truth"."""
+    at its own velocity, nothing filled; `source` "ground_truth"; the injected incidents overlapping
+    the window as tags `incident:<kind>:<incident id>` (what really happened)."""
     ctx = Context(case_id=case_id, vehicle_id=truth.vehicle_id, city=truth.city)
-    return _scenario(truth.ego, truth.objects, ctx, at_ms, map_provider, config, "ground_truth", device,
+    scen = _scenario(truth.ego, truth.objects, ctx, at_ms, map_provider, config, "ground_truth", device,
                      truth.ego_size_m, propagate=True)
+    meta = scen.meta[0]
+    end_ms = meta.t0_ms + round(scen.dt_s * 1000) * (scen.n_steps - 1)
+    happened = [f"incident:{kind}:{iid}" for start, end, kind, iid in truth.incidents
+                if start <= end_ms and end >= meta.t0_ms]
+    scen.meta[0] = replace(meta, tags=meta.tags + tuple(happened))
+    return scen
 
 
 @dataclass
