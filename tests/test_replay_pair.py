@@ -190,6 +190,19 @@ def test_lateral_offset_is_measured_against_the_path_not_the_clock() -> None:
     assert found["lateral_offset"].text.startswith("keeps 0.5 m further left")
 
 
+def test_driving_on_past_the_baseline_stop_is_not_a_lateral_offset() -> None:
+    t = torch.arange(80, dtype=torch.float32) * DT
+    stop = (8.0 - 2.0 * t).clamp(min=0)            # the baseline stops after 16 m
+    go = torch.full((80,), 8.0)                      # the solution turns left and drives on
+    heading = (t - 2.0).clamp(min=0) * 0.4
+    sol = {"x": torch.cumsum(go * torch.cos(heading), 0) * DT, "y": torch.cumsum(go * torch.sin(heading), 0) * DT,
+           "heading": heading, "speed": go}
+    base = {"x": torch.cumsum(stop, 0) * DT, "y": torch.zeros(80), "heading": torch.zeros(80), "speed": stop}
+    found = {d.kind: d for d in describe_decisions(base, sol, DT, THRESHOLDS)}
+    assert "lateral_offset" not in found
+    assert found["stop"].text.startswith("does not stop")
+
+
 def test_decisions_phantom_obstacle_no_brake_no_stop() -> None:
     t = torch.arange(80, dtype=torch.float32) * DT
     stop = (8.0 - 4.5 * t).clamp(min=0)

@@ -43,6 +43,7 @@ ZLIB_MAGIC = 0x78           # first byte of every zlib stream (deflate, 32 KiB w
 PAIR_MAGIC = 0x08           # first byte of a serialised pair: field 1 (format_version, always set) as a varint
 MAX_PAIR_BYTES = 64 << 20   # refuse to inflate beyond this: a pair is tens of kB, so more is damage or a bomb
 N_OBJECTIVES = 4   # safety, comfort, efficiency, compliance (fleetloop.replay.costs.OBJECTIVES)
+PATH_TOLERANCE_M = 0.1     # along-path slack when matching a point to the baseline path (float noise, not a threshold)
 OTHER_CLASSES = frozenset(c for c in AgentClass if c not in (AgentClass.NONE, AgentClass.EGO))
 
 
@@ -398,16 +399,23 @@ def describe_decisions(baseline: Mapping[str, torch.Tensor], solution: Mapping[s
                             earlier, "s", brake_b, brake_s))
     # against the baseline's path, not its pose at the same time: a solution that brakes earlier lags
     # behind, which on a curve would read as a sideways offset. Nearest baseline pose ([T, T], T <= a few
-    # hundred), then the offset along that pose's left normal.
+    # hundred), then the offset along that pose's left normal; points beside the path only (within half
+    # the pose spacing along it), so driving on past where the baseline stopped is not "further left".
     gap = torch.stack([s["x"][:, None] - b["x"][None], s["y"][:, None] - b["y"][None]], dim=-1)
     near = gap.square().sum(-1).masked_fill(~base_valid[None], math.inf).argmin(dim=1)
     hb = b["heading"][near]
     picked = gap[torch.arange(gap.shape[0]), near]
     lateral = picked[:, 1] * torch.cos(hb) - picked[:, 0] * torch.sin(hb)
-    lateral = torch.where(both, lateral, torch.zeros_like(lateral))
+    along = picked[:, 0] * torch.cos(hb) + picked[:, 1] * torch.sin(hb)
+    hop = torch.hypot(b["x"].diff(), b["y"].diff())
+    spacing = torch.maximum(torch.cat([hop, hop[-1:]]), torch.cat([hop[:1], hop]))[near] if hop.numel() \
+        else torch.zeros_like(along)
+    beside = both & (along.abs() <= 0.5 * spacing + PATH_TOLERANCE_M)
+    lateral = torch.where(beside, lateral, torch.zeros_like(lateral))
     at = int(lateral.abs().argmax())
     at_s = round(at * dt_s, 3)
-    peak, mean = float(lateral[at]), float(lateral[both].mean())
+    peak = float(lateral[at])
+    mean = float(lateral[beside].mean()) if bool(beside.any()) else 0.0
     if abs(peak) >= thresholds.min_lateral_m:
         out.append(Decision("lateral_offset", f"keeps {abs(peak):.1f} m further {'left' if peak > 0 else 'right'} "
                             f"(at {at_s:.1f} s; {mean:+.1f} m on average)", peak, "m", at_s, mean))
