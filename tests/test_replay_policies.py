@@ -255,3 +255,11 @@ def test_rule_plan_returns_to_the_lane_and_logged_plan_is_the_baseline():
     assert float(state.speed[0, 0, 0]) > 8.0    # and accelerating towards 0.95 x 10 m/s
     logged = get_policy("logged@1", CONFIG).plan(scen, world)
     assert torch.all(logged[:, 2:] == 0.25) and torch.all(logged[:, :2] == 0)
+
+
+def test_logged_acceleration_is_the_speed_change_over_the_step_before():
+    one = scene([(0.0, 0.0, 0.0, 8.0, 4.5)], [STRAIGHT])
+    scen = replace(one, **{n: getattr(one, n).expand(-1, -1, 3).clone() for n in AGENT_FIELDS + ("valid", "filled")})
+    scen.speed[0, 0] = torch.tensor([8.0, 8.5, 8.4])
+    accel = ObservationFeatures.from_config(CONFIG.section("policies")).along_log(scen)[0, :, COL["accel_mps2"]]
+    assert accel.tolist() == pytest.approx([0.0, 5.0, -1.0], abs=1e-4)

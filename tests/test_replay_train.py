@@ -13,9 +13,16 @@ import typer
 from fleetloop.commands.replay_train import policies, train
 from fleetloop.replay.config import load_config
 from fleetloop.replay.features import FEATURES, ObservationFeatures
-from fleetloop.replay.policies import BehaviourCloningPolicy, get_policy, read_manifest, save_checkpoint, sha256_file
-from fleetloop.replay.scenario import AGENT_FIELDS, EGO, AgentClass, MapKind, ScenarioBatch, ScenarioMeta
-from fleetloop.replay.train import simulated_driving, train_behaviour_cloning
+from fleetloop.replay.policies import (
+    ActionBounds,
+    BehaviourCloningPolicy,
+    get_policy,
+    read_manifest,
+    save_checkpoint,
+    sha256_file,
+)
+from fleetloop.replay.scenario import AGENT_FIELDS, EGO, AgentClass, MapKind, ScenarioBatch, ScenarioMeta, concat
+from fleetloop.replay.train import cloning_samples, simulated_driving, train_behaviour_cloning
 from fleetloop.replay.world import WorldModel
 from typer.testing import CliRunner
 
@@ -158,3 +165,23 @@ def test_plans_on_cuda_match_the_cpu(trained):
         assert gpu.device.type == "cuda"
         # float32 on both; the closed loop compounds rounding over 100 steps
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-4, rtol=1e-3), spec
+
+
+def test_cloning_samples_leave_out_stops_and_lane_changes():
+    cruise = straight_road(0.0, 8.0, 13.9, steps=20)
+    t = torch.arange(20) * 0.1
+    cruise.x[0, EGO] = 8.0 * t
+    stopping = straight_road(0.0, 8.0, 13.9, steps=20)
+    stopping.speed[0, EGO] = (8.0 - 5.0 * t).clamp_min(0.0)
+    changing = straight_road(0.0, 8.0, 13.9, steps=20)
+    changing.x[0, EGO] = 8.0 * t
+    changing.y[0, EGO, 10:] = 0.5  # half a metre off the lane centre from step 10
+    scen = concat([cruise, replace(stopping, meta=[ScenarioMeta("stop")]),
+                   replace(changing, meta=[ScenarioMeta("lane change")])])
+    bc = CONFIG.section("policies")["bc"]
+    features = ObservationFeatures.from_config(CONFIG.section("policies"))
+    x, y, owner = cloning_samples(scen, features, ActionBounds.from_config(CONFIG), bc["stop_speed_mps"],
+                                  bc["max_offset_m"])
+    assert owner.tolist() == [0] * 19 + [2] * 10  # cruise: steps 0..18; stop: none; lane change: steps 0..9
+    assert torch.allclose(y[:19], torch.zeros(19, 2), atol=1e-4)  # constant speed, straight: no action
+    assert torch.allclose(x[:19, FEATURES.index("speed_mps")], torch.full((19,), 8.0))
