@@ -183,6 +183,19 @@ def test_lookahead_grows_with_speed(world):
     assert torch.equal(out.x[0, 0, 2], scen.x[0, 2])
 
 
+def test_idm_agent_leaving_the_log_is_gone_not_parked(world):
+    """A car ahead leaves the log (out of range) at step 40; after the takeover it drives its log and is
+    invalid from there on. A follower held back by the braking ego stays valid while it lags behind its
+    last logged point, though its log has ended."""
+    scen = scene([(30.0, 0.0, 20.0, AgentClass.CAR), (-15.0, 0.0, 15.0, AgentClass.CAR)])
+    scen.valid[0, 1, 40:] = False
+    scen.valid[0, 2, 50:] = False
+    out = world.rollout(scen, brake(scen, 4.0))
+    assert not bool(out.valid[0, 0, 1, 40:].any()) and bool(out.valid[0, 0, 1, :40].all())
+    assert bool(out.valid[0, 0, 2, 50:].all())
+    assert out.x[0, 0, 2, -1].item() < scen.x[0, 2, 49].item() - 1.0
+
+
 def test_desired_speed_from_the_lane_limit(world):
     """v0 is 30 m/s capped by the nearest lane centre running the agent's way within 5 m; an oncoming
     or off-map agent gets the uncapped 30 m/s."""

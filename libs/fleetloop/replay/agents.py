@@ -81,8 +81,7 @@ class AgentPlan:
     any scenario, so padding agents cost nothing): `followers` `[S, F]` their agent slots (`EGO` where
     padding) with `follower_ok`. Per follower: paths `[S, F, P]` (P = T − current_step + 1), the logged
     positions from `current_step` on plus a far extension, with arc length `path_s` (m), heading and
-    curvature; `path_end_s` `[S, F]` the arc length of the last logged point and `path_stays` whether
-    the agent is still in the log at the last step (then it stays valid past it); `leaders` `[S, F, K]`
+    curvature; `path_end_s` `[S, F]` the arc length of its last logged point; `leaders` `[S, F, K]`
     the agent slots that can become its non-ego leader, with `leaders_valid`; `desired_speed` `[S, F]`
     (m/s). `length`, `width` `[S, A]` (m) of every agent.
     """
@@ -103,7 +102,6 @@ class AgentPlan:
     path_curvature: Tensor
     path_s: Tensor
     path_end_s: Tensor
-    path_stays: Tensor
     leaders: Tensor
     leaders_valid: Tensor
     desired_speed: Tensor
@@ -256,7 +254,7 @@ def prepare_agents(scen: ScenarioBatch, models: Tensor, params: IdmParams, bound
     return AgentPlan(base_x=bx, base_y=by, base_heading=bh, base_speed=bv, base_valid=base_valid, base_accel=accel,
                      base_curvature=curvature, followers=slots, follower_ok=follower_ok, has_idm=n_followers > 0,
                      path_x=path_x, path_y=path_y, path_heading=path_heading, path_curvature=path_curvature,
-                     path_s=path_s, path_end_s=path_end_s, path_stays=scen.valid[:, :, -1].gather(1, slots),
+                     path_s=path_s, path_end_s=path_end_s,
                      leaders=leaders, leaders_valid=leaders_valid, desired_speed=desired, length=scen.length,
                      width=scen.width)
 
@@ -296,12 +294,13 @@ class IdmFollower:
         self.bounds = bounds
 
     def compute(self, plan: AgentPlan, x: Tensor, y: Tensor, heading: Tensor, speed: Tensor, valid: Tensor,
-                path_s: Tensor, curvature: Tensor, leader: Tensor, log_s: Tensor, log_speed: Tensor, dt: float,
-                refresh: bool) -> IdmStep:
+                path_s: Tensor, curvature: Tensor, leader: Tensor, log_s: Tensor, log_speed: Tensor,
+                log_valid: Tensor, dt: float, refresh: bool) -> IdmStep:
         """Advance every follower one step of `dt` s by IDM. `x` … `valid` are every agent's state `[S, C, A]`;
-        `path_s`, `curvature`, `leader` `[S, C, F]` the followers' own; `log_s`, `log_speed` `[S, 1, F]` their
-        logged arc length (m) and speed (m/s) at the next step. The caller keeps the result only for IDM
-        vehicles after the takeover. `refresh` re-chooses the non-ego leader among the plan's candidates."""
+        `path_s`, `curvature`, `leader` `[S, C, F]` the followers' own; `log_s`, `log_speed`, `log_valid`
+        `[S, 1, F]` their logged arc length (m), speed (m/s) and validity at the next step. The caller keeps
+        the result only for IDM vehicles after the takeover. `refresh` re-chooses the non-ego leader among
+        the plan's candidates."""
         p = self.p
         s, c, _ = x.shape
         f = plan.followers.shape[1]
@@ -341,7 +340,9 @@ class IdmFollower:
         new_speed = torch.where(caught_up, torch.minimum(new_speed, log_speed), new_speed)
         accel = (new_speed - fv) / dt
         nx, ny, nh, kappa = self._on_path(plan, new_s)
-        on_log = (new_s <= plan.path_end_s[:, None]) | plan.path_stays[:, None]
+        # Known while the log knows it, or while it lags behind its last logged point; an agent that has
+        # reached the end of a log that ends (it left the scene) is gone, not parked there.
+        on_log = log_valid | (new_s < plan.path_end_s[:, None] - 1e-3)
         return IdmStep(x=nx, y=ny, heading=nh, speed=new_speed, path_s=new_s, curvature=kappa, accel=accel,
                        leader=leader, valid=on_log)
 

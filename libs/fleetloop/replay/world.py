@@ -119,9 +119,10 @@ class WorldModel:
         if plan.has_idm:
             refresh = (k - scen.current_step) % max(1, self.params.leader_refresh_steps) == 0
             log_speed = plan.base_speed[:, None, :, nxt].gather(2, plan.followers[:, None])
+            log_valid = plan.base_valid[:, None, :, nxt].gather(2, plan.followers[:, None])
             moved = self.follower.compute(plan, state.x, state.y, state.heading, state.speed, state.valid,
                                           state.path_s, state.path_curvature, state.leader, path_s, log_speed,
-                                          scen.dt_s, refresh)
+                                          log_valid, scen.dt_s, refresh)
             active = plan.follower_ok[:, None] & state.taken_over[..., None]                  # [S, C, F]
             slots = plan.followers[:, None].expand_as(active)
             at_next, at_k = (plan.base_x, plan.base_y, plan.base_heading, plan.base_speed, plan.base_valid), (
