@@ -30,7 +30,8 @@ from fleetloop.replay.scenario import EGO, VEHICLE_CLASSES, AgentModel, MapKind,
 
 _INF = float("inf")
 _MIN_GAP_M = 0.1            # IDM's (s*/s)² is singular at contact; a touching leader reads as 0.1 m
-_EXTENSION_M = 1000.0       # a path is extended this far straight ahead of its last logged point
+_EXTENSION_M = 1000.0       # a straight piece past a path's last logged point: every path has a segment to
+                            # interpolate on, even a one-step window (agents never pass their log's end)
 _MAX_ARC_RAD = 1.5          # the parabolic corridor holds up to ~86° of arc; beyond it nothing counts as ahead
 
 
