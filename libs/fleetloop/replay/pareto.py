@@ -13,7 +13,12 @@ The solution rule (`choose_solution`), in order:
    baseline in every objective (within `baseline_tolerance`), keep only those.
 3. Safety first: keep the members whose safety objective is within `safety_tolerance` of the lowest.
 4. The lowest sum of the objectives (for `costs.evaluate`'s objectives, the total cost); ties go to
-   the lowest index (the search puts the baseline first, so a tie keeps what was driven).
+   the lowest index.
+
+The baseline is the reference of step 2, not a member: were it among the candidates, step 2 would keep
+it whenever nothing weakly dominates it, and the log-divergence term makes every real alternative a
+trade-off. The search then accepts the pick only if it lowers the baseline's total cost; otherwise the
+baseline stands (a case the fleet already drove well keeps what it drove).
 """
 
 from __future__ import annotations
