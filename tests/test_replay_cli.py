@@ -110,7 +110,7 @@ def test_suite_prints_the_table_per_family_and_totals():
 
 
 def test_policies_lists_the_built_ins(tmp_path):
-    result = RUNNER.invoke(app, ["replay", "policies", "--out-dir", str(tmp_path)])
+    result = RUNNER.invoke(app, ["replay", "policies", "--checkpoints", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert {"logged@1", "rule@1"} <= set(result.output.split())
 

@@ -141,14 +141,14 @@ def test_train_command_writes_a_version_and_lists_it(tmp_path):
     app.command("train")(train)
     app.command("policies")(policies)
     runner = CliRunner()
-    done = runner.invoke(app, ["train", "--out-dir", str(tmp_path), "--vehicles", "2", "--minutes", "1",
+    done = runner.invoke(app, ["train", "--checkpoints", str(tmp_path), "--vehicles", "2", "--minutes", "1",
                                "--steps", "5", "--seed", "1"])
     assert done.exit_code == 0, done.output
     assert done.output.startswith("bc@1: validation loss")
     assert json.loads(done.output.strip().splitlines()[-1])["spec"] == "bc@1"
-    listed = runner.invoke(app, ["policies", "--out-dir", str(tmp_path)])
+    listed = runner.invoke(app, ["policies", "--checkpoints", str(tmp_path)])
     assert listed.output.split() == ["logged@1", "rule@1", "bc@1"]
-    clash = runner.invoke(app, ["train", "--out-dir", str(tmp_path), "--vehicles", "2", "--minutes", "1",
+    clash = runner.invoke(app, ["train", "--checkpoints", str(tmp_path), "--vehicles", "2", "--minutes", "1",
                                 "--steps", "1", "--version", "1"])
     assert clash.exit_code == 2 and "already exists" in clash.output
 

@@ -23,6 +23,11 @@ from fleetloop import topics
 from fleetloop.v1 import deadletter_pb2
 
 log = logging.getLogger(__name__)
+# How long a consumer may take to leave its group on shutdown. aiokafka's stop waits for the group
+# coordination to finish, and a group stuck rebalancing (seen with Tansu when members leave at once)
+# never finishes; past aiokafka's 10 s session timeout the broker evicts the member anyway, and offsets
+# are committed only after their effect, so giving up here loses and doubles nothing.
+CONSUMER_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +170,11 @@ class BatchConsumer:
         await self._consumer.start()
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        try:
+            await asyncio.wait_for(self._consumer.stop(), CONSUMER_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("%s: consumer of group %s did not leave the group within %.0f s; exiting without it",
+                        self.service, self.group_id, CONSUMER_STOP_TIMEOUT_S)
 
     async def poll_once(self) -> int:
         """Poll, handle and commit one batch; returns the number of records handled."""

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import typer
 
-OUT_DIR = typer.Option(Path("checkpoints"), "--out-dir", help="checkpoint directory: bc@<n>.safetensors + bc@<n>.json")
+CHECKPOINTS = typer.Option(Path("checkpoints"), "--checkpoints",
+                           help="checkpoint directory: bc@<n>.safetensors + bc@<n>.json")
 
 
 def train(
-    out_dir: Path = OUT_DIR,
+    checkpoints: Path = CHECKPOINTS,
     seed: int = typer.Option(0, help="training seed (split, initialisation, minibatches)"),
     vehicles: int = typer.Option(None, help="simulated fleet size (default: replay.yaml policies.bc.vehicles)"),
     minutes: float = typer.Option(None, help="simulated driving per vehicle, minutes (default: bc.duration_s)"),
     steps: int = typer.Option(None, help="Adam steps (default: policies.bc.steps)"),
-    version: int = typer.Option(None, help="version to write (default: one past the newest in --out-dir)"),
+    version: int = typer.Option(None, help="version to write (default: one past the newest in --checkpoints)"),
     config: Path = typer.Option(None, help="replay.yaml to use instead of the packaged one"),
 ) -> None:
     """Train a behaviour-cloning policy on the simulated fleet's driving and save it as bc@<n>."""
@@ -31,7 +32,7 @@ def train(
     cfg = load_config(config)
     started = time.monotonic()
     try:
-        result = train_behaviour_cloning(cfg, out_dir, seed=seed, vehicles=vehicles,
+        result = train_behaviour_cloning(cfg, checkpoints, seed=seed, vehicles=vehicles,
                                          duration_s=None if minutes is None else int(round(60 * minutes)),
                                          steps=steps, version=version)
     except ValueError as exc:
@@ -46,9 +47,9 @@ def train(
     typer.echo(json.dumps({**result.as_dict(), "seconds": round(elapsed, 2)}, sort_keys=True))
 
 
-def policies(out_dir: Path = OUT_DIR) -> None:
-    """List the policies `name@version` that can be loaded (built-ins and the checkpoints in --out-dir)."""
+def policies(checkpoints: Path = CHECKPOINTS) -> None:
+    """List the policies `name@version` that can be loaded (built-ins and the checkpoints in --checkpoints)."""
     from fleetloop.replay.policies import list_policies
 
-    for spec in list_policies(out_dir):
+    for spec in list_policies(checkpoints):
         typer.echo(spec)
