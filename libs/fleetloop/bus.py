@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # never finishes; past aiokafka's 10 s session timeout the broker evicts the member anyway, and offsets
 # are committed only after their effect, so giving up here loses and doubles nothing.
 CONSUMER_STOP_TIMEOUT_S = 10.0
+POLL_GRACE_S = 1.0  # beyond a poll's own timeout, before `BatchConsumer.fetch` gives up on a pending rebalance
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +177,23 @@ class BatchConsumer:
             log.warning("%s: consumer of group %s did not leave the group within %.0f s; exiting without it",
                         self.service, self.group_id, CONSUMER_STOP_TIMEOUT_S)
 
+    async def fetch(self) -> dict[TopicPartition, list]:
+        """The next polled batch by partition, empty after `poll_ms` without records.
+
+        aiokafka's getmany waits for a pending assignment without its timeout, so a group stuck
+        rebalancing would hold the caller there for good and a stop would never be seen; the wait is
+        bounded here (nothing is drained before the assignment, so giving up loses no record).
+        """
+        try:
+            return await asyncio.wait_for(self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max),
+                                          self.poll_ms / 1000 + POLL_GRACE_S)
+        except TimeoutError:
+            return {}
+
     async def poll_once(self) -> int:
         """Poll, handle and commit one batch; returns the number of records handled."""
         epoch = self.rebalances
-        polled = await self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max)
+        polled = await self.fetch()
         if not polled:
             return 0
         records = [

@@ -81,7 +81,7 @@ class HoldbackConsumer(BatchConsumer):
         return lagging
 
     async def poll_once(self) -> int:
-        polled = await self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max)
+        polled = await self.fetch()
         if not polled:
             return 0
         records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
