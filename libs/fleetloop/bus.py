@@ -158,6 +158,7 @@ class BatchConsumer:
         self.records_by_topic: Counter[str] = Counter()
         self.refused = 0
         self.rebalances = 0
+        self.in_flight = 0  # records of the batch being handled: fetched (so past the position) but not done
         self._listener = _EpochListener(self, listener)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group_id,
@@ -184,11 +185,14 @@ class BatchConsumer:
         rebalancing would hold the caller there for good and a stop would never be seen; the wait is
         bounded here (nothing is drained before the assignment, so giving up loses no record).
         """
+        self.in_flight = 0
         try:
-            return await asyncio.wait_for(self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max),
-                                          self.poll_ms / 1000 + POLL_GRACE_S)
+            polled = await asyncio.wait_for(self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max),
+                                            self.poll_ms / 1000 + POLL_GRACE_S)
         except TimeoutError:
             return {}
+        self.in_flight = sum(len(batch) for batch in polled.values())
+        return polled
 
     async def poll_once(self) -> int:
         """Poll, handle and commit one batch; returns the number of records handled."""
@@ -223,6 +227,7 @@ class BatchConsumer:
         try:
             while not stop.is_set():
                 await self.poll_once()
+                self.in_flight = 0
         finally:
             await self.stop()
 
@@ -230,13 +235,14 @@ class BatchConsumer:
         """Records fetched-but-unhandled or not yet fetched on this member's partitions.
 
         Uses the high watermark of the last fetch response, not ListOffsets: Tansu 0.6 answers
-        ListOffsets(latest) with the last batch's base offset + 1, which undercounts. None
-        means not known yet (no assignment, or a partition not fetched since it was assigned).
+        ListOffsets(latest) with the last batch's base offset + 1, which undercounts. The batch being
+        handled counts too (the position passes it as soon as it is fetched), so 0 means its effect is
+        done. None means not known yet (no assignment, or a partition not fetched since it was assigned).
         """
         assigned = self._consumer.assignment()
         if not assigned:
             return None
-        total = 0
+        total = self.in_flight
         for tp in assigned:
             highwater = self._consumer.highwater(tp)
             if highwater is None:
