@@ -88,7 +88,8 @@ def inverse_bicycle(x: Tensor, y: Tensor, heading: Tensor, speed: Tensor, valid:
     moving = distance.abs() > _MIN_DISTANCE_M
     k = torch.where(moving, wrap_angle(heading[..., 1:] - heading[..., :-1]) / torch.where(moving, distance, 1.0),
                     0.0)
-    pair = valid[..., :-1] & valid[..., 1:]
+    both = valid[..., :-1] & valid[..., 1:]
+    ok[..., :-1] = both
     if bounds is not None:
         ca, ck = clamp_actions(a, k, bounds)
         within = (ca == a) & (ck == k)
@@ -96,9 +97,8 @@ def inverse_bicycle(x: Tensor, y: Tensor, heading: Tensor, speed: Tensor, valid:
         px, py, _, _, _ = bicycle_step(x[..., :-1], y[..., :-1], heading[..., :-1], v0, ca, ck, dt,
                                        min_speed_mps=float("-inf"))
         residual = torch.hypot(px - x[..., 1:], py - y[..., 1:])
-        pair = pair & within & (residual <= bounds.inverse_residual_m)
+        ok[..., :-1] &= within & (residual <= bounds.inverse_residual_m)
         a, k = ca, ck
-    accel[..., :-1] = torch.where(valid[..., :-1] & valid[..., 1:], a, 0.0)
-    curvature[..., :-1] = torch.where(valid[..., :-1] & valid[..., 1:], k, 0.0)
-    ok[..., :-1] = pair
+    accel[..., :-1] = torch.where(both, a, 0.0)
+    curvature[..., :-1] = torch.where(both, k, 0.0)
     return accel, curvature, ok
