@@ -77,6 +77,16 @@ def test_baseline_reproduces_the_logged_ego(world):
         assert torch.equal(out.x[0, 0, 1:], scen.x[0, 1:]) and torch.equal(out.y[0, 0, 1:], scen.y[0, 1:])
 
 
+def test_baseline_repeats_the_last_known_action_over_a_log_gap(world):
+    """Steps 20-22 of the ego's log are missing (on an arc, R = 50 m): the four steps whose inverse is
+    unknown repeat step 18's action instead of dropping to zero curvature."""
+    scen = scene([], ego_curvature=0.02)
+    scen.valid[0, 0, 20:23] = False
+    actions = world.baseline_actions(scen)
+    assert torch.equal(actions[0, 19:23], actions[0, 18:19].expand(4, 2))
+    assert actions[0, 19, 1].item() == pytest.approx(0.02, abs=1e-4)
+
+
 def test_rollout_layout_and_history(world):
     scen = scene([(-20.0, 0.0, 15.0, AgentClass.CAR), (10.0, 6.0, 1.0, AgentClass.PEDESTRIAN)])
     out = world.rollout(scen, brake(scen, 3.0, candidates=3))
