@@ -122,7 +122,7 @@ def agent_models(scen: ScenarioBatch, override: Tensor | None = None) -> Tensor:
     return override.to(device=scen.device, dtype=torch.long)
 
 
-def _forward_fill(values: Tensor, valid: Tensor) -> Tensor:
+def forward_fill(values: Tensor, valid: Tensor) -> Tensor:
     """Each invalid step takes the last valid value before it along the last axis (the first step's
     value where none is valid before)."""
     steps = torch.arange(values.shape[-1], device=values.device).expand_as(values)
@@ -205,8 +205,8 @@ def prepare_agents(scen: ScenarioBatch, models: Tensor, params: IdmParams, bound
     future = torch.zeros(s, a, t, dtype=torch.bool, device=device)
     future[:, :, c:] = now[..., None]
     fill_mask = scen.valid | ~future
-    bx, by = _forward_fill(scen.x, fill_mask), _forward_fill(scen.y, fill_mask)
-    bh, bv = _forward_fill(scen.heading, fill_mask), _forward_fill(scen.speed, fill_mask)
+    bx, by = forward_fill(scen.x, fill_mask), forward_fill(scen.y, fill_mask)
+    bh, bv = forward_fill(scen.heading, fill_mask), forward_fill(scen.speed, fill_mask)
     accel, curvature, _ = inverse_bicycle(bx, by, bh, bv, scen.valid, dt)
     accel, curvature = torch.where(future, accel, 0.0), torch.where(future, curvature, 0.0)
     base_valid = scen.valid.clone()

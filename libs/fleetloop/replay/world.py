@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fleetloop.replay.agents import AgentPlan, IdmFollower, IdmParams, agent_models, prepare_agents
+from fleetloop.replay.agents import AgentPlan, IdmFollower, IdmParams, agent_models, forward_fill, prepare_agents
 from fleetloop.replay.config import ReplayConfig
 from fleetloop.replay.dynamics import BicycleBounds, bicycle_step, clamp_actions, inverse_bicycle
 from fleetloop.replay.scenario import EGO, Rollout, ScenarioBatch, ScenarioError
@@ -54,14 +54,11 @@ class WorldModel:
         ego's log, clamped into the bounds; a step whose inverse is unknown (a gap in the log) repeats
         the last known action; zeros before `current_step` and at the last step."""
         ego = (scen.x[:, EGO], scen.y[:, EGO], scen.heading[:, EGO], scen.speed[:, EGO], scen.valid[:, EGO])
-        accel, curvature, _ = inverse_bicycle(*ego, scen.dt_s)
+        accel, curvature, known = inverse_bicycle(*ego, scen.dt_s)
         accel, curvature = clamp_actions(accel, curvature, self.bounds)
-        known = scen.valid[:, EGO, :-1] & scen.valid[:, EGO, 1:]
-        known = torch.cat([known, torch.zeros_like(known[:, :1])], dim=1)
+        # before the first known step the fill takes step 0's action, which is 0 where it is unknown
+        actions = torch.stack([forward_fill(accel, known), forward_fill(curvature, known)], dim=-1)
         steps = torch.arange(scen.n_steps, device=scen.device)
-        last = torch.where(known, steps, 0).cummax(dim=1).values
-        actions = torch.stack([accel.gather(1, last), curvature.gather(1, last)], dim=-1)
-        actions = torch.where((known.cumsum(dim=1) > 0)[..., None], actions, 0.0)
         live = (steps >= scen.current_step) & (steps < scen.n_steps - 1)
         return torch.where(live[None, :, None], actions, 0.0)
 
