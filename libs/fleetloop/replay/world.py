@@ -87,13 +87,13 @@ class WorldModel:
     def step(self, state: WorldState, scen: ScenarioBatch, ego_action: Tensor, k: int) -> WorldState:
         """Apply `ego_action` `[S, C, 2]` (accel m/s², curvature 1/m; clamped into the bounds) at step `k`:
         the state at `k + 1`. The other agents move by the scenario's agent model."""
-        return self._advance(state, scen, ego_action, k)[0]
+        return self._advance(state, scen, ego_action, k)
 
     def _advance(self, state: WorldState, scen: ScenarioBatch, ego_action: Tensor, k: int,
-                 into: tuple[Tensor, ...] | None = None) -> tuple[WorldState, Tensor, Tensor]:
-        """`step`, also returning the applied acceleration and curvature `[S, C, A]` at step k. `into`:
-        seven `[S, C, A]` views (x, y, heading, speed, valid at k + 1; accel, curvature at k) that already
-        hold the candidate-independent values (a rollout's outputs), written in place instead of copies."""
+                 into: tuple[Tensor, ...] | None = None) -> WorldState:
+        """`step`, writing into `into` where given: seven `[S, C, A]` views (x, y, heading, speed, valid at
+        k + 1; applied accel, curvature at k) that already hold the candidate-independent values (a
+        rollout's outputs), written in place instead of copies."""
         if state.k != k or not scen.current_step <= k < scen.n_steps - 1:
             raise ScenarioError(f"step {k} from a state at step {state.k} in a window of {scen.n_steps} steps "
                                 f"starting at {scen.current_step}")
@@ -115,17 +115,16 @@ class WorldModel:
         leader = state.leader
         if plan.has_idm:
             refresh = (k - scen.current_step) % max(1, self.params.leader_refresh_steps) == 0
-            log_speed = plan.base_speed[:, None, :, nxt].gather(2, plan.followers[:, None])
-            log_valid = plan.base_valid[:, None, :, nxt].gather(2, plan.followers[:, None])
+            at_next, at_k = (plan.base_x, plan.base_y, plan.base_heading, plan.base_speed, plan.base_valid), (
+                plan.base_accel, plan.base_curvature)
+            logged = [v[:, None, :, nxt].gather(2, plan.followers[:, None]) for v in at_next] + [
+                v[:, None, :, k].gather(2, plan.followers[:, None]) for v in at_k]           # [S, 1, F] each
+            log_speed, log_valid = logged[3], logged[4]
             moved = self.follower.compute(plan, state.x, state.y, state.heading, state.speed, state.valid,
                                           state.path_s, state.path_curvature, state.leader, path_s, log_speed,
                                           log_valid, scen.dt_s, refresh)
             active = plan.follower_ok[:, None] & state.taken_over[..., None]                  # [S, C, F]
             slots = plan.followers[:, None].expand_as(active)
-            at_next, at_k = (plan.base_x, plan.base_y, plan.base_heading, plan.base_speed, plan.base_valid), (
-                plan.base_accel, plan.base_curvature)
-            logged = [v[:, None, :, nxt].gather(2, plan.followers[:, None]) for v in at_next] + [
-                v[:, None, :, k].gather(2, plan.followers[:, None]) for v in at_k]           # [S, 1, F] each
             for full, mine, log in zip((x, y, heading, speed, valid, accel, curvature),
                                        (moved.x, moved.y, moved.heading, moved.speed, moved.valid, moved.accel,
                                         moved.curvature), logged, strict=True):
@@ -147,9 +146,8 @@ class WorldModel:
         logged = scen.valid[:, None, EGO, nxt]
         deviation = torch.hypot(ex - scen.x[:, None, EGO, nxt], ey - scen.y[:, None, EGO, nxt])
         taken_over = state.taken_over | (logged & (deviation > self.params.takeover_deviation_m))
-        return (WorldState(x=x, y=y, heading=heading, speed=speed, valid=valid, k=nxt, path_s=path_s,
-                           path_curvature=path_curvature, leader=leader, taken_over=taken_over, plan=plan),
-                accel, curvature)
+        return WorldState(x=x, y=y, heading=heading, speed=speed, valid=valid, k=nxt, path_s=path_s,
+                          path_curvature=path_curvature, leader=leader, taken_over=taken_over, plan=plan)
 
     def rollout(self, scen: ScenarioBatch, ego_actions: Tensor, agent_model: Tensor | None = None) -> Rollout:
         """Roll `ego_actions` `[S, C, T, 2]` (accel m/s², curvature 1/m) out from `current_step`: a
@@ -179,7 +177,7 @@ class WorldModel:
         for k in range(scen.current_step, t - 1):
             into = (out.x[..., k + 1], out.y[..., k + 1], out.heading[..., k + 1], out.speed[..., k + 1],
                     out.valid[..., k + 1], out.accel[..., k], out.curvature[..., k])
-            state, _, _ = self._advance(state, scen, ego_actions[:, :, k], k, into)
+            state = self._advance(state, scen, ego_actions[:, :, k], k, into)
         out.valid[:, :, EGO, scen.current_step:] = True
         out.accel[..., t - 1] = 0.0
         out.curvature[..., t - 1] = 0.0
