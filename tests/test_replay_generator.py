@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from fleetloop.replay import generator
 from fleetloop.replay.config import load_config
 from fleetloop.replay.generator import (
     ANSWERS,
@@ -21,7 +23,7 @@ from fleetloop.replay.generator import (
     suite_counts,
     without_phantoms,
 )
-from fleetloop.replay.scenario import EGO, AgentClass, MapKind
+from fleetloop.replay.scenario import EGO, AgentClass, MapKind, ScenarioError
 
 CFG = load_config()
 SAFE_DECEL = 5.0  # what the generator promises (replay.yaml scenario.generator.safe_decel_mps2)
@@ -199,6 +201,31 @@ def test_lead_brake_and_stalled_vehicle_gap_covers_the_stopping_distance(suite):
         rear = scen.x[:, obstacle, -1].double() - (scen.length[:, obstacle] + scen.length[:, EGO]).double() / 2
         assert bool((stop < rear).all()), family
         assert bool((scen.x[:, EGO, -1].double() > rear).all()), family  # the log drives into it
+
+
+def test_a_draw_whose_claimed_answer_fails_is_redrawn(monkeypatch):
+    """The builders aim at their answer; the generator's own check is the backstop. A lead standing 6 m
+    ahead (centres) is hit even braking at the dynamics bound: such draws are redrawn, and a family
+    that never draws its answer is an error, not a scenario."""
+    real, draws = generator.BUILDERS["lead_brake"], []
+
+    def blocked(d, cfg, window, max_agents, always=False):
+        scene = real(d, cfg, window, max_agents)
+        draws.append(scene)
+        if always or len(draws) % 2:  # every other draw (or all): the lead stands just ahead of the ego
+            ego, lead = scene.tracks[0], scene.tracks[1]
+            k0 = window.current_step
+            lead.x, lead.y = np.full_like(lead.x, ego.x[k0] + 6.0), np.full_like(lead.y, ego.y[k0])
+        return scene
+
+    monkeypatch.setitem(generator.BUILDERS, "lead_brake", blocked)
+    scen = generate("lead_brake", 3, 0, CFG)
+    assert len(draws) == 6  # each scenario's first draw was refused
+    assert bool((scen.x[:, 1, scen.current_step] > 6.5).all())
+
+    monkeypatch.setitem(generator.BUILDERS, "lead_brake", lambda *args: blocked(*args, always=True))
+    with pytest.raises(ScenarioError, match="lead_brake: no scene with answer baseline_collides_safe_exists"):
+        generate("lead_brake", 1, 0, CFG)
 
 
 def test_phantom_obstacle_logged_ego_brakes_hard_for_nothing(suite):
