@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from fleetloop.replay.config import ReplayConfig
+from fleetloop.replay.dynamics import wrap_angle
 from fleetloop.replay.scenario import EGO, MapKind, Rollout, ScenarioBatch, ScenarioError
 from fleetloop.triggers.criticality import time_to_collision
 
@@ -640,7 +641,7 @@ class KinematicFeasibility(CostTerm):
         v, h = rollout.speed[:, :, EGO, cs:], rollout.heading[:, :, EGO, cs:]
         dt = rollout.dt_s
         accel = torch.diff(v, dim=-1).abs() / dt
-        dh = torch.remainder(torch.diff(h, dim=-1) + math.pi, 2 * math.pi) - math.pi
+        dh = wrap_angle(torch.diff(h, dim=-1))
         vm = v[..., :-1].abs()
         curv = torch.where(vm > self.p["min_speed_mps"], dh.abs() / (vm.clamp_min(1e-3) * dt), 0.0)
         excess = torch.maximum(accel / self.p["max_accel_mps2"], curv / self.p["max_curvature_pm"]) - 1.0
