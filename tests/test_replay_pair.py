@@ -39,8 +39,9 @@ def compressed(pair: replay_pb2.ScenarioSolutionPair) -> int:
     return len(pair_to_bytes(pair, CONFIG))
 
 
-def test_pair_reads_back_within_the_quantisation() -> None:
-    scen = make_scenario(1)
+@pytest.mark.parametrize("perception", ["smooth", "1hz"])
+def test_pair_reads_back_within_the_quantisation(perception: str) -> None:
+    scen = make_scenario(1, perception=perception)
     front = front_of(scen, 6, 1)
     pair = make_pair(scen, k=6, seed=1)
     wire = replay_pb2.ScenarioSolutionPair.FromString(pair.SerializeToString())
@@ -49,6 +50,7 @@ def test_pair_reads_back_within_the_quantisation() -> None:
     assert back.meta[0] == scen.meta[0]
     assert back.current_step == scen.current_step and back.dt_s == pytest.approx(scen.dt_s)
     assert torch.equal(back.valid, scen.valid) and torch.equal(back.filled, scen.filled)
+    assert bool(back.filled.any()) == (perception == "1hz")  # interpolated steps stay marked
     assert torch.equal(back.agent_class, scen.agent_class)
     assert torch.equal(back.length, scen.length) and torch.equal(back.width, scen.width)
     v = scen.valid
