@@ -130,6 +130,14 @@ def build_terms(config: ReplayConfig) -> list[TermSpec]:
     return specs
 
 
+def weighted_cost(spec: TermSpec, cv: CostValue, gate_penalty: float) -> Tensor:
+    """A term's share of the total `[S, C]`: weight × value (0 where the term cannot judge), plus
+    `gate_penalty` where a gate term fails (value > 0)."""
+    v = torch.where(cv.valid, cv.value, 0.0)
+    cost = spec.weight * v
+    return cost + gate_penalty * (v > 0).float() if spec.term.gate else cost
+
+
 # ---------------------------------------------------------------------------------------------------
 # Shared geometry, computed once per rollout (keyed weakly on its x tensor) and read by several terms.
 
@@ -734,12 +742,9 @@ def evaluate(rollout: Rollout, scen: ScenarioBatch, baseline: Rollout, config: R
         term = spec.term
         cv = term.compute(rollout, scen, baseline)
         out[term.name] = cv
-        v = torch.where(cv.valid, cv.value, 0.0)
-        cost = spec.weight * v
         if term.gate:
-            failed = v > 0
-            gates &= ~failed
-            cost = cost + penalty * failed.float()
+            gates &= ~(cv.valid & (cv.value > 0))
+        cost = weighted_cost(spec, cv, penalty)
         total += cost
         objectives[..., OBJECTIVES.index(term.objective)] += cost
 

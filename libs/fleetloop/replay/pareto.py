@@ -24,13 +24,12 @@ baseline stands (a case the fleet already drove well keeps what it drove).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from fleetloop.replay.config import ReplayConfig
-from fleetloop.replay.costs import CostReport, build_terms
+from fleetloop.replay.costs import CostReport, build_terms, weighted_cost
 
 INF = float("inf")
 
@@ -114,17 +113,7 @@ def attribute(report: CostReport, baseline: CostReport, config: ReplayConfig) ->
     """Per-term attribution of `report` `[S, N]` against the `baseline` report `[S, 1]` (both from
     `costs.evaluate` with `config`)."""
     penalty = float(config.section("costs")["gate_penalty"])
-    names, objectives, deltas = [], [], []
-    for spec in build_terms(config):
-        t = spec.term
-        if t.name not in report.terms:
-            continue
-
-        def weighted(cv: Any, gate: bool = t.gate, w: float = spec.weight) -> Tensor:
-            v = torch.where(cv.valid, cv.value, 0.0)
-            return w * v + (penalty * (v > 0).float() if gate else 0.0)
-
-        names.append(t.name)
-        objectives.append(t.objective)
-        deltas.append(weighted(report.terms[t.name]) - weighted(baseline.terms[t.name]))
-    return Attribution(tuple(names), tuple(objectives), torch.stack(deltas, -1))
+    specs = [spec for spec in build_terms(config) if spec.term.name in report.terms]
+    delta = torch.stack([weighted_cost(spec, report.terms[spec.term.name], penalty)
+                         - weighted_cost(spec, baseline.terms[spec.term.name], penalty) for spec in specs], -1)
+    return Attribution(tuple(s.term.name for s in specs), tuple(s.term.objective for s in specs), delta)
