@@ -27,18 +27,12 @@ import torch
 
 from fleetloop.replay.scenario import EGO, Rollout, ScenarioBatch
 from fleetloop.triggers import TriggerConfig, build_triggers, load_config
-from fleetloop.triggers.frames import Frames
+from fleetloop.triggers.frames import Frames, sanity_mask
 
 
 @lru_cache(maxsize=1)
 def _packaged_config() -> TriggerConfig:
     return load_config()
-
-
-def _masked(values: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """As `build_frames`: implausible or non-finite values become 0 with a False mask."""
-    ok = np.isfinite(values) & (values >= lo) & (values <= hi)
-    return np.where(ok, values, 0.0), ok
 
 
 def rollout_frames(rollout: Rollout, scen: ScenarioBatch, pairs: Sequence[tuple[int, int]],
@@ -60,11 +54,11 @@ def rollout_frames(rollout: Rollout, scen: ScenarioBatch, pairs: Sequence[tuple[
     for i, (s, _) in enumerate(pairs):
         t_ms = scen.meta[s].t0_ms + np.round(steps * rollout.dt_s * 1000.0).astype(np.int64)
         ok = valid[i, EGO]
-        speed, speed_ok = _masked(v[i, EGO], sanity["min_speed_mps"], sanity["max_speed_mps"])
-        acc, acc_ok = _masked(accel[i, EGO], -sanity["max_abs_accel_mps2"], sanity["max_abs_accel_mps2"])
+        speed, speed_ok = sanity_mask(v[i, EGO], sanity["min_speed_mps"], sanity["max_speed_mps"])
+        acc, acc_ok = sanity_mask(accel[i, EGO], -sanity["max_abs_accel_mps2"], sanity["max_abs_accel_mps2"])
         acc_ok[-1] = False                                          # the last step's action is never applied
-        yaw, yaw_ok = _masked(v[i, EGO] * curv[i, EGO], -sanity["max_abs_yaw_rate_rps"],
-                              sanity["max_abs_yaw_rate_rps"])
+        yaw, yaw_ok = sanity_mask(v[i, EGO] * curv[i, EGO], -sanity["max_abs_yaw_rate_rps"],
+                                  sanity["max_abs_yaw_rate_rps"])
         speed_ok &= ok
         acc_ok &= ok
         yaw_ok &= ok

@@ -129,7 +129,9 @@ def maneuver_code(maneuver: str) -> int:
     return zlib.crc32(maneuver.encode()) + 1 if maneuver else UNKNOWN_MANEUVER
 
 
-def _mask(values: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+def sanity_mask(values: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Implausible (outside [lo, hi], bounds from the `sanity` section) or non-finite values become 0
+    with a False mask: (values, valid)."""
     valid = np.isfinite(values) & (values >= lo) & (values <= hi)
     return np.where(valid, values, 0.0), valid
 
@@ -190,9 +192,9 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
     def col(name: str) -> np.ndarray:
         return cat(name, np.float64)[sel]
 
-    speed, speed_valid = _mask(col("speed_mps"), sanity["min_speed_mps"], sanity["max_speed_mps"])
-    accel, accel_valid = _mask(col("accel_lon_mps2"), -sanity["max_abs_accel_mps2"], sanity["max_abs_accel_mps2"])
-    yaw, yaw_valid = _mask(col("yaw_rate_rps"), -sanity["max_abs_yaw_rate_rps"], sanity["max_abs_yaw_rate_rps"])
+    speed, speed_valid = sanity_mask(col("speed_mps"), sanity["min_speed_mps"], sanity["max_speed_mps"])
+    accel, accel_valid = sanity_mask(col("accel_lon_mps2"), -sanity["max_abs_accel_mps2"], sanity["max_abs_accel_mps2"])
+    yaw, yaw_valid = sanity_mask(col("yaw_rate_rps"), -sanity["max_abs_yaw_rate_rps"], sanity["max_abs_yaw_rate_rps"])
     raw_x, raw_y = col("x_m"), col("y_m")
     pos_valid = np.isfinite(raw_x) & np.isfinite(raw_y)
     # Steps compare raw positions, so a lone 1 km spike masks the spike and the sample after it.
