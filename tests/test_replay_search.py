@@ -156,11 +156,16 @@ def test_same_seed_same_answer_in_any_batch_and_the_pair_builds():
     a = search(one, WORLD, None, CFG, seed=5)
     b = search(one, WORLD, None, CFG, seed=5)
     assert torch.equal(a.solution_actions, b.solution_actions)
+    # the solution here is a proposal (no noise in it); the front holds searched candidates, which show
+    # whether each scenario draws its own noise
+    assert torch.equal(a.front.ego_actions, b.front.ego_actions)
     other = stalled(gap_m=45.0)
-    pair = replace(other, **{k: torch.cat([getattr(one, k), getattr(other, k)]) for k in one.tensors()},
-                   meta=[one.meta[0], replace(other.meta[0], scenario_id="hand-45")])
-    c = search(pair, WORLD, None, CFG, seed=5)
-    assert torch.allclose(c.solution_actions[:1], a.solution_actions, atol=1e-5)
+    pair = replace(other, **{k: torch.cat([getattr(other, k), getattr(one, k)]) for k in one.tensors()},
+                   meta=[replace(other.meta[0], scenario_id="hand-45"), one.meta[0]])
+    c = search(pair, WORLD, None, CFG, seed=5)  # the same scenario second in a batch of two
+    assert torch.allclose(c.solution_actions[1:], a.solution_actions, atol=1e-5)
+    assert torch.allclose(c.front.ego_actions[1:], a.front.ego_actions, atol=1e-5)
+    assert torch.allclose(c.front_objectives[1:], a.front_objectives, atol=1e-5)
     msg = solution_pair(one, a, 0, CFG, "none")
     assert msg.problem.scenario_id == "hand-0" and len(msg.front) >= 1 and msg.solution_index == 0
     assert {d.name for d in msg.cost_delta} >= {"collision", "progress"}
