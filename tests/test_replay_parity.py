@@ -27,8 +27,18 @@ def test_hard_brake_with_a_car_ahead_and_gentle_driving_fires_nothing() -> None:
     r = drive(scen, constant(scen, [-7.0, -3.5]))
     counts = fired_triggers(r, scen, [(0, 0), (0, 1)])
     assert set(counts[0]) >= {"hard_brake", "phantom_stop", "near_miss", "weaving", "stop_not_go"}
-    assert fired(counts[0]) == {"hard_brake": 1}   # the near miss it answers is hard_brake's (one incident)
+    assert fired(counts[0]) == {"hard_brake": 1}
     assert fired(counts[1]) == {}
+
+
+def test_a_near_miss_answered_by_a_hard_brake_is_one_incident() -> None:
+    # The stalled car 18 m ahead: TTC 1.8 s at the current step, a near miss; braking at 7 m/s² answers
+    # it, so near_miss yields to hard_brake (the rollout's deceleration reaches the trigger's summaries).
+    scen = scenario([(18.0, 0.3, 0.0)], t=60)
+    r = drive(scen, constant(scen, [-7.0]))
+    assert fired(fired_triggers(r, scen, [(0, 0)])[0]) == {"hard_brake": 1}
+    no_yield = load_config(overrides={"triggers": {"near_miss": {"params": {"yield_to_hard_brake": False}}}})
+    assert fired(fired_triggers(r, scen, [(0, 0)], no_yield)[0]) == {"hard_brake": 1, "near_miss": 1}
 
 
 def test_braking_for_an_empty_road_is_a_phantom_stop() -> None:
