@@ -154,7 +154,7 @@ def pad_map(crops: Sequence[Sequence[MapPolyline]], origins: Sequence[tuple[floa
 # ---------------------------------------------------------------------------------------------- simulator world
 
 
-def _piece_line(piece: Piece, bank: CurveBank, offset_m: float) -> np.ndarray:
+def piece_line(piece: Piece, bank: CurveBank, offset_m: float) -> np.ndarray:
     """World points `[TABLE_POINTS, 2]` of a route piece shifted `offset_m` to its left."""
     table = bank.tables[piece.table] * piece.length
     c, s = math.cos(piece.h0), math.sin(piece.h0)
@@ -293,7 +293,7 @@ class SimWorldMap:
             road = cmap.road_of(node, (node[0] + DIRS[d_out][0], node[1] + DIRS[d_out][1]))
             piece = curve_piece(0.0, x0 - DIRS[d_in][0] * r, y0 - DIRS[d_in][1] * r, d_in * math.pi / 2, r / ux, angle,
                                 road, self.params["roads"], self.bank, lat)
-            out.append(MapPolyline(MapKind.LANE_CENTRE, _piece_line(piece, self.bank, 0.0), piece.limit_mps))
+            out.append(MapPolyline(MapKind.LANE_CENTRE, piece_line(piece, self.bank, 0.0), piece.limit_mps))
         return out
 
     def _leg(self, pieces: list[Piece], x_m: float, y_m: float, heading: float, radius: float) -> list[MapPolyline]:
@@ -303,7 +303,7 @@ class SimWorldMap:
             if math.hypot(p.x0 - x_m, p.y0 - y_m) > radius + p.length:
                 continue
             for k in range(p.lanes):
-                out.append(MapPolyline(MapKind.LANE_CENTRE, _piece_line(p, self.bank, k * w), p.limit_mps))
+                out.append(MapPolyline(MapKind.LANE_CENTRE, piece_line(p, self.bank, k * w), p.limit_mps))
             for off in (-w / 2, (p.lanes - 0.5) * w):
-                out.append(MapPolyline(MapKind.ROAD_EDGE, _piece_line(p, self.bank, off)))
+                out.append(MapPolyline(MapKind.ROAD_EDGE, piece_line(p, self.bank, off)))
         return out

@@ -37,6 +37,7 @@ from fleetloop.codec import pose_columns
 from fleetloop.replay.config import ReplayConfig
 from fleetloop.replay.dynamics import inverse_bicycle
 from fleetloop.replay.features import FEATURES, ObservationFeatures
+from fleetloop.replay.maps import piece_line
 from fleetloop.replay.policies import (
     ActionBounds,
     BehaviourCloningPolicy,
@@ -98,18 +99,8 @@ def run_fleet(vehicles: int, duration_s: int, sim_seed: int) -> tuple[list[Vehic
 def _lane_polylines(pieces: list[Piece], bank: CurveBank, lane_width_m: float) -> tuple[np.ndarray, np.ndarray]:
     """World-frame lane centres `[L, VERTICES, 2]` of `pieces` (each lane of each piece, the first on the
     route's reference line and the others `lane_width_m` apart to its left) and their limits `[L]`."""
-    lines, limits = [], []
-    u = np.linspace(0.0, 1.0, VERTICES)
-    for p in pieces:
-        table = bank.tables[p.table][::2]
-        c, s = math.cos(p.h0), math.sin(p.h0)
-        bx = p.x0 + p.length * (c * table[:, 0] - s * table[:, 1])
-        by = p.y0 + p.length * (s * table[:, 0] + c * table[:, 1])
-        h = p.h0 + p.angle * (u - np.sin(2 * np.pi * u) / (2 * np.pi))
-        for lane in range(p.lanes):
-            d = lane * lane_width_m
-            lines.append(np.stack([bx - np.sin(h) * d, by + np.cos(h) * d], axis=1))
-            limits.append(p.limit_mps)
+    lines = [piece_line(p, bank, lane * lane_width_m)[::2] for p in pieces for lane in range(p.lanes)]
+    limits = [p.limit_mps for p in pieces for _ in range(p.lanes)]
     return np.asarray(lines).reshape(-1, VERTICES, 2), np.asarray(limits, dtype=np.float64)
 
 
