@@ -56,6 +56,20 @@ class EgoLog:
     heading: np.ndarray
     speed: np.ndarray
 
+    @classmethod
+    def from_samples(cls, poses: dict[int, tuple[float, float, float, float]]) -> EgoLog:
+        """From samples t_ms -> (x, y, heading, speed), in time order, heading unwrapped."""
+        t = np.array(sorted(poses), dtype=np.int64)
+        x, y, h, v = (np.array([poses[k][j] for k in t]) for j in range(4))
+        return cls(t, x, y, np.unwrap(h), v)
+
+
+def _pose_samples(pose: common_pb2.PoseBatch) -> dict[int, tuple[float, float, float, float]]:
+    """A pose batch's samples: t_ms -> (x m, y m, heading rad, speed m/s), map frame."""
+    cols = pose_columns(pose)
+    return {int(cols["t_ms"][k]): (float(cols["x_m"][k]), float(cols["y_m"][k]), float(cols["heading_rad"][k]),
+                                   float(cols["speed_mps"][k])) for k in range(pose.sample_count)}
+
 
 @dataclass
 class Detections:
@@ -119,10 +133,7 @@ def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
     rows: list[tuple] = []
     for channel, _, env in messages:
         if channel == CHANNELS[topics.POSE]:
-            cols = pose_columns(env.pose)
-            for k in range(env.pose.sample_count):
-                poses[int(cols["t_ms"][k])] = (float(cols["x_m"][k]), float(cols["y_m"][k]),
-                                               float(cols["heading_rad"][k]), float(cols["speed_mps"][k]))
+            poses.update(_pose_samples(env.pose))
         elif channel == CHANNELS[topics.PERCEPTION]:
             ctx.summaries.append((env.event_time_ms, env.perception))
             rows += [_detection_row(env.event_time_ms, o) for o in env.perception.objects]
@@ -133,9 +144,7 @@ def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
         ctx.vehicle_id = ctx.vehicle_id or env.vehicle_id
     if not poses:
         raise ScenarioError(f"{name}: no ego pose in the file ({len(messages)} messages)")
-    t = np.array(sorted(poses), dtype=np.int64)
-    x, y, h, v = (np.array([poses[k][j] for k in t]) for j in range(4))
-    return EgoLog(t, x, y, np.unwrap(h), v), Detections.from_rows(rows), ctx
+    return EgoLog.from_samples(poses), Detections.from_rows(rows), ctx
 
 
 def from_minilog(mcap_bytes: bytes, map_provider: MapProvider, config: ReplayConfig, at_ms: int | None = None,
@@ -359,11 +368,7 @@ class TruthRecorder:
         sim, t_ms = self.sim, second.t_ms
         for topic, env in second.messages:
             if topic == topics.POSE and env.vehicle_id in self.index:
-                cols = pose_columns(env.pose)
-                for k in range(env.pose.sample_count):
-                    self._poses[env.vehicle_id][int(cols["t_ms"][k])] = (
-                        float(cols["x_m"][k]), float(cols["y_m"][k]), float(cols["heading_rad"][k]),
-                        float(cols["speed_mps"][k]))
+                self._poses[env.vehicle_id].update(_pose_samples(env.pose))
         for vid, i in self.index.items():
             if not sim.online[i]:
                 continue
@@ -384,13 +389,11 @@ class TruthRecorder:
         poses = self._poses[vehicle_id]
         if not poses:
             raise ScenarioError(f"ground truth {vehicle_id}: no ego pose recorded")
-        t = np.array(sorted(poses), dtype=np.int64)
-        x, y, h, v = (np.array([poses[k][j] for k in t]) for j in range(4))
         veh = self.sim.vehicles[self.index[vehicle_id]]
         size = TRUCK_SIZE_M if veh.kind == "truck" else VAN_SIZE_M
         incidents = [(i.start_ms, i.end_ms, i.kind, i.incident_id) for i in self.sim.ground_truth.incidents
                      if i.vehicle_id == vehicle_id]
-        return TruthLog(vehicle_id, veh.city.name, EgoLog(t, x, y, np.unwrap(h), v),
+        return TruthLog(vehicle_id, veh.city.name, EgoLog.from_samples(poses),
                         Detections.from_rows(self._rows[vehicle_id]), size, incidents)
 
 
