@@ -198,9 +198,6 @@ def _track_on_grid(t_det: np.ndarray, values: Sequence[np.ndarray], grid: np.nda
     x, y, vx, vy = values
     order = np.argsort(t_det)
     t_det, x, y, vx, vy = t_det[order], x[order], y[order], vx[order], vy[order]
-    valid = np.zeros(len(grid), dtype=bool)
-    filled = np.zeros(len(grid), dtype=bool)
-    out = [np.zeros(len(grid)) for _ in range(4)]
     if propagate:
         k = np.searchsorted(t_det, grid, side="right") - 1
         ok = k >= 0
@@ -208,7 +205,7 @@ def _track_on_grid(t_det: np.ndarray, values: Sequence[np.ndarray], grid: np.nda
         kk = np.maximum(k, 0)
         tau = (grid - t_det[kk]) / 1000.0
         out = [x[kk] + vx[kk] * tau, y[kk] + vy[kk] * tau, vx[kk], vy[kk]]
-        return out, ok, filled
+        return out, ok, np.zeros(len(grid), dtype=bool)
     exact = np.isin(grid, t_det)
     k = np.searchsorted(t_det, grid, side="right") - 1
     inside = (k >= 0) & (k < len(t_det) - 1)
