@@ -99,7 +99,11 @@ class Window:
 
 def phantom_agents(meta: ScenarioMeta) -> tuple[int, ...]:
     """Agent slots perception reported that truth does not have (tags `phantom_agent:<slot>`)."""
-    return tuple(int(t[len(PHANTOM_TAG):]) for t in meta.tags if t.startswith(PHANTOM_TAG))
+    return _phantom_slots(meta.tags)
+
+
+def _phantom_slots(tags: Sequence[str]) -> tuple[int, ...]:
+    return tuple(int(t[len(PHANTOM_TAG):]) for t in tags if t.startswith(PHANTOM_TAG))
 
 
 def real_agents(scen: ScenarioBatch) -> torch.Tensor:
@@ -639,7 +643,7 @@ def _answer_holds(family: str, scene: Scene, window: Window, cfg: dict) -> bool:
         safe = braking_alternative(ego, window, float(cfg["safe_decel_mps2"]))
         return ego_collides(tracks, ego, dt) and not ego_collides(tracks, safe, dt)
     if answer == OVERBRAKES:
-        skip = [int(t[len(PHANTOM_TAG):]) for t in scene.tags if t.startswith(PHANTOM_TAG)]
+        skip = _phantom_slots(scene.tags)
         k0 = window.current_step
         v0 = math.hypot(ego.x[k0 + 1] - ego.x[k0], ego.y[k0 + 1] - ego.y[k0]) / dt
         s_log = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(ego.x), np.diff(ego.y)))])
