@@ -42,3 +42,26 @@ def test_near_miss_fires_through_the_shared_definition() -> None:
     d = syn.cruise("veh-1", 120, seed=3)
     syn.close_object(d, 50, seconds=5, rel_x_m=15.0, closing_mps=6.0)
     assert not [e for e in detect_recording(d.envelopes(), cfg) if e.trigger == "near_miss"]
+
+
+def test_near_miss_ignores_closing_below_its_minimum() -> None:
+    # Creeping in a queue at 2 m/s (below min_speed_mps, so only TTC can fire): 0.9 m ahead closing at
+    # 0.6 m/s (TTC 1.5 s) fires; 0.6 m ahead closing at 0.4 m/s (TTC 1.5 s too) is below min_closing_mps.
+    cfg = load_config()
+    d = syn.cruise("veh-1", 120, speed_mps=2.0, seed=3)
+    syn.close_object(d, 50, rel_x_m=0.9, closing_mps=0.6)
+    assert [e.trigger for e in detect_recording(d.envelopes(), cfg)].count("near_miss") == 1
+    d = syn.cruise("veh-1", 120, speed_mps=2.0, seed=3)
+    syn.close_object(d, 50, rel_x_m=0.6, closing_mps=0.4)
+    assert "near_miss" not in [e.trigger for e in detect_recording(d.envelopes(), cfg)]
+
+
+def test_replay_ttc_term_reads_the_near_miss_numbers() -> None:
+    # One definition needs one set of numbers: replay.yaml's TTC term repeats triggers.yaml's near_miss.
+    from fleetloop.replay.config import load_config as load_replay_config
+
+    replay = load_replay_config().section("costs")["terms"]["ttc"]["params"]
+    triggers = load_config()
+    near_miss = triggers.triggers["near_miss"].params
+    assert replay["ttc_s"] == near_miss["ttc_s"] and replay["min_closing_mps"] == near_miss["min_closing_mps"]
+    assert replay["lookahead_m"] == triggers.section("ego_path")["lookahead_m"]

@@ -62,6 +62,8 @@ def test_ttc_is_the_shared_definition() -> None:
     assert cv.value.item() == pytest.approx(2.0 - 1.2, abs=1e-4)
     free = scenario([(30.0, 0.0, 12.0)])          # pulling away: never closing
     assert math.isinf(term("ttc", drive(free, constant(free, [0.0])), free).measure.item())
+    creep = scenario([(10.0, 0.0, 9.6)])          # closing at 0.4 m/s, below the trigger's 0.5 m/s: no TTC
+    assert math.isinf(term("ttc", drive(creep, constant(creep, [0.0])), creep).measure.item())
 
 
 @pytest.mark.parametrize("y,clear", [(2.5, 0.7), (2.2, 0.4)])
