@@ -70,6 +70,21 @@ def test_rule_front_then_no_trade_then_safety_then_total() -> None:
     assert int(choose_solution(obj[:2], torch.tensor([5.0, 1.0, 0.0, 0.0]))) == 1
 
 
+def test_rule_steps_that_the_others_do_not_imply() -> None:
+    # 1. Only the front, even where totals cannot tell (an unknown safety objective, NaN: +inf): 0 is
+    # dominated by 1, and both totals are inf.
+    inf = float("inf")
+    assert int(choose_solution(torch.tensor([[inf, 1.0, 0.0, 0.0], [inf, 0.0, 0.0, 0.0]]), torch.zeros(4))) == 1
+    # 2. "No worse than the baseline" within baseline_tolerance: 0 is 0.04 worse in comfort, still no
+    # trade-off, and far the safest; without the tolerance only 1 is trade-off-free.
+    obj = torch.tensor([[0.0, 1.04, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]])
+    base = torch.tensor([5.0, 1.0, 1.0, 1.0])
+    assert int(choose_solution(obj, base)) == 0
+    assert int(choose_solution(obj, base, baseline_tolerance=0.0)) == 1
+    # 1. With no valid candidate all are considered.
+    assert int(choose_solution(obj, base, valid=torch.zeros(2, dtype=torch.bool))) == 0
+
+
 def test_rule_is_batched_and_ties_keep_the_first() -> None:
     obj = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]],
                         [[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
