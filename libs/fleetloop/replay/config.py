@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,15 @@ class ReplayConfig:
 
     def section(self, name: str) -> Any:
         return self.sections[name]
+
+    def section_fields(self, name: str, names: Iterable[str]) -> dict[str, Any]:
+        """A copy of section `name` whose keys are exactly `names` (a settings dataclass's fields);
+        ValueError naming the missing and unknown keys otherwise."""
+        raw, names = dict(self.sections[name]), set(names)
+        missing, unknown = sorted(names - set(raw)), sorted(set(raw) - names)
+        if missing or unknown:
+            raise ValueError(f"replay config {name}: missing keys {missing}, unknown keys {unknown}")
+        return raw
 
 
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> ReplayConfig:

@@ -52,11 +52,7 @@ class RobustnessSettings:
 
     @classmethod
     def from_config(cls, config: ReplayConfig) -> RobustnessSettings:
-        raw = dict(config.section("robustness"))
-        names = set(cls.__dataclass_fields__)
-        missing, unknown = sorted(names - set(raw)), sorted(set(raw) - names)
-        if missing or unknown:
-            raise ValueError(f"replay config robustness: missing keys {missing}, unknown keys {unknown}")
+        raw = config.section_fields("robustness", cls.__dataclass_fields__)
         for key in ("kinds", "extra_agent_ahead_m", "extra_agent_speed_factor", "extra_agent_size_m"):
             raw[key] = tuple(raw[key])
         settings = cls(**raw)

@@ -90,12 +90,7 @@ class SearchSettings:
 
     @classmethod
     def from_config(cls, config: ReplayConfig) -> SearchSettings:
-        raw = dict(config.section("search"))
-        names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(raw))
-        unknown = sorted(set(raw) - names)
-        if missing or unknown:
-            raise ValueError(f"replay config search: missing keys {missing}, unknown keys {unknown}")
+        raw = config.section_fields("search", (f.name for f in fields(cls)))
         for key in ("proposal_speed_fractions", "proposal_lateral_offsets_m", "proposal_forecast_s"):
             raw[key] = tuple(float(v) for v in raw[key])
         settings = cls(**raw)
