@@ -7,7 +7,7 @@ a `WorldState`, or the time dimension when features are taken along a logged sce
 - `speed_mps`: ego speed (m/s, signed along its heading).
 - `accel_mps2`: the ego's acceleration over the step before (m/s², (v_k - v_{k-1}) / dt; 0 where unknown).
   The fleet's speed control is jerk-limited, so this carries most of what the next acceleration will be.
-- `heading_error_rad`: ego heading minus the heading of the nearest lane centre, wrapped to (-pi, pi].
+- `heading_error_rad`: ego heading minus the heading of the nearest lane centre, wrapped to [-pi, pi).
 - `lateral_offset_m`: signed distance of the ego from that lane centre (m, + left of the lane).
 - `speed_limit_mps`: the lane's speed limit (the configured default off a lane or where the map has none).
 - `preview_limit_mps`: the speed limit of the lane at the preview point (lower before a tight curve).
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from fleetloop.replay.dynamics import wrap_angle
 from fleetloop.replay.scenario import EGO, MapKind, ScenarioBatch
 
 FEATURES = ("speed_mps", "accel_mps2", "heading_error_rad", "lateral_offset_m", "speed_limit_mps", "preview_limit_mps",
@@ -48,11 +49,6 @@ def logged_accel(scen: ScenarioBatch) -> torch.Tensor:
     accel = torch.zeros_like(v)
     accel[:, 1:] = torch.where(ok[:, 1:] & ok[:, :-1], (v[:, 1:] - v[:, :-1]) / scen.dt_s, 0.0)
     return accel
-
-
-def wrap_angle(a: torch.Tensor) -> torch.Tensor:
-    """Angles wrapped to (-pi, pi]."""
-    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
 @dataclass(frozen=True)
