@@ -185,32 +185,40 @@ class BatchConsumer:
         rebalancing would hold the caller there for good and a stop would never be seen; the wait is
         bounded here (nothing is drained before the assignment, so giving up loses no record).
         """
-        self.in_flight = 0
         try:
-            polled = await asyncio.wait_for(self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max),
-                                            self.poll_ms / 1000 + POLL_GRACE_S)
+            return await asyncio.wait_for(self._consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_max),
+                                          self.poll_ms / 1000 + POLL_GRACE_S)
         except TimeoutError:
             return {}
-        self.in_flight = sum(len(batch) for batch in polled.values())
-        return polled
 
     async def poll_once(self) -> int:
-        """Poll, handle and commit one batch; returns the number of records handled."""
+        """Poll, handle and commit one batch; returns the number of records handled.
+
+        The batch counts in `in_flight` (and so in `lag`) from its fetch until `handle_batch` returns.
+        """
         epoch = self.rebalances
         polled = await self.fetch()
         if not polled:
             return 0
-        records = [
-            Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-            for batch in polled.values() for m in batch
-        ]
+        records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                   for batch in polled.values() for m in batch]
+        self.in_flight = len(records)
+        try:
+            await self.handle_batch(polled, records, epoch)
+        finally:
+            self.in_flight = 0
+        return len(records)
+
+    async def handle_batch(self, polled: dict[TopicPartition, list], records: list[Record], epoch: int) -> None:
+        """Hand `records` (the batch `polled`, by partition) to the handler, dead-letter its refusals and
+        commit, unless the group rebalanced since `epoch` (the rebalance count before the fetch)."""
         refusals = await self.handler(records)
         if refusals:
             await self.bus.dead_letter(refusals, self.service)
             self.refused += len(refusals)
         if epoch != self.rebalances:
             log.info("%s: the group rebalanced during a batch; it is left uncommitted", self.service)
-            return len(records)
+            return
         offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
         try:
             await self._consumer.commit(offsets)
@@ -220,14 +228,12 @@ class BatchConsumer:
             log.warning("%s: commit failed after rebalance; batch will be replayed", self.service)
         self.records_done += len(records)
         self.records_by_topic.update(r.topic for r in records)
-        return len(records)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         try:
             while not stop.is_set():
                 await self.poll_once()
-                self.in_flight = 0
         finally:
             await self.stop()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import yaml
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 from fleetloop import codec, topics
 from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
@@ -80,12 +81,7 @@ class HoldbackConsumer(BatchConsumer):
                 lagging.add((tp.topic, tp.partition))
         return lagging
 
-    async def poll_once(self) -> int:
-        polled = await self.fetch()
-        if not polled:
-            return 0
-        records = [Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                   for batch in polled.values() for m in batch]
+    async def handle_batch(self, polled: dict[TopicPartition, list], records: list[Record], epoch: int) -> None:
         self.lagging = await self._lagging()
         refusals = await self.handler(records)
         if refusals:
@@ -111,7 +107,6 @@ class HoldbackConsumer(BatchConsumer):
         assigned = self._consumer.assignment()
         self._consumer.pause(*(tp for tp in assigned if (tp.topic, tp.partition) in ahead))
         self._consumer.resume(*(tp for tp in assigned if (tp.topic, tp.partition) not in ahead))
-        return len(records)
 
 
 class LabelIndexer:
