@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from fleetloop.bus import Bus
 from fleetloop.config import Settings
 from fleetloop.embedded import start_broker, start_redis
 from fleetloop.warehouse import Warehouse
@@ -67,6 +68,41 @@ async def wait_until(predicate, timeout_s: float = 60.0, poll_s: float = 0.1) ->
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(poll_s)
+
+
+class Running:
+    """An in-process service, `service_class(settings, warehouse, bus)` on its own producer (`bus`),
+    from entering the block to leaving it; entering returns the service."""
+
+    def __init__(self, service_class, settings: Settings, warehouse: Warehouse | None,
+                 timeout_s: float = 60.0) -> None:
+        self.service_class, self.settings, self.warehouse = service_class, settings, warehouse
+        self.timeout_s = timeout_s  # of `caught_up`
+        self.bus = Bus(settings.kafka_bootstrap_servers)
+
+    async def __aenter__(self):
+        await self.bus.start()
+        self.service = self.service_class(self.settings, self.warehouse, self.bus)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.service.run(self.stop))
+        return self.service
+
+    def alive(self) -> None:
+        """Raise the service's error if it ended, so a wait fails with it instead of timing out."""
+        if self.task.done():
+            self.task.result()
+
+    async def caught_up(self) -> None:
+        """Wait until the service's consumer has handled everything on its partitions (lag 0)."""
+        async def done() -> bool:
+            self.alive()
+            return await self.service.consumer.lag() == 0
+        await wait_until(done, timeout_s=self.timeout_s)
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await self.task
+        await self.bus.stop()
 
 
 async def assert_letters_point_at_their_records(bootstrap: str, letters) -> None:

@@ -92,6 +92,9 @@ class Stack:
     async def send_and_consume(self, messages: list[tuple[str, str, bytes]]) -> None:
         """Send, then wait until the case-assembler has committed past every message sent (its group's
         committed offsets reach the end offsets the broker acknowledged) and has handled each of them."""
+        handled = Counter(topic for topic, _, _ in messages)
+        # Read before sending: the running assembler may handle some of them before the send returns.
+        before = {topic: self.assembler.consumer.records_by_topic[topic] for topic in handled}
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all")
         await producer.start()
         try:
@@ -103,8 +106,6 @@ class Stack:
         for meta in acked:
             tp = TopicPartition(meta.topic, meta.partition)
             end[tp] = max(end.get(tp, 0), meta.offset + 1)
-        handled = Counter(topic for topic, _, _ in messages)
-        before = {topic: self.assembler.consumer.records_by_topic[topic] for topic in handled}
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=GROUP_ID,
                                  enable_auto_commit=False)
         await probe.start()
@@ -119,9 +120,11 @@ class Stack:
             await wait_until(committed_to_the_end)
         finally:
             await probe.stop()
+        # A batch is counted only after its commit returns, so count once idle (lag 0: every batch done),
+        # when the commands the messages caused have been answered too.
+        await self.idle()
         done = {topic: self.assembler.consumer.records_by_topic[topic] - before[topic] for topic in handled}
         assert done == dict(handled), "every message sent was handled, none skipped"
-        await self.idle()  # and the commands it caused have been answered
 
     def cases(self, vehicle_id: str) -> list[dict]:
         return self.warehouse.query_dicts(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -12,7 +10,7 @@ from fleetloop.bus import Bus, ensure_topics
 from fleetloop.v1 import common_pb2, deadletter_pb2, fleet_service_pb2, fleet_service_pb2_grpc
 
 from services.heartbeat_ingest.service import HeartbeatIngest
-from tests.conftest import assert_letters_point_at_their_records, truncate_owned_tables, wait_until
+from tests.conftest import Running, assert_letters_point_at_their_records, truncate_owned_tables
 from tests.fleetdata import T0_MS, drive, heartbeat, pose, pose_columns
 
 pytestmark = pytest.mark.integration
@@ -33,35 +31,6 @@ async def publish_raw(bootstrap: str, raw: list[tuple[str, bytes, bytes]]) -> No
     await bus.stop()
 
 
-class Running:
-    """An in-process heartbeat-ingest with gRPC on a free port."""
-
-    def __init__(self, settings, warehouse):
-        self.bus = Bus(settings.kafka_bootstrap_servers)
-        self.settings = settings
-        self.warehouse = warehouse
-
-    async def __aenter__(self):
-        await self.bus.start()
-        self.service = HeartbeatIngest(self.settings, self.warehouse, self.bus)
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(self.service.run(self.stop))
-        await wait_until(lambda: asyncio.sleep(0, self.service.grpc_port != 0))
-        return self.service
-
-    async def caught_up(self) -> None:
-        async def done() -> bool:
-            if self.task.done():
-                self.task.result()
-            return await self.service.consumer.lag() == 0
-        await wait_until(done)
-
-    async def __aexit__(self, *exc):
-        self.stop.set()
-        await self.task
-        await self.bus.stop()
-
-
 @pytest.fixture
 def clean(warehouse):
     warehouse.migrate("heartbeat_ingest", __import__("services.heartbeat_ingest.service",
@@ -75,7 +44,7 @@ async def test_mileage_autonomy_and_live_state_end_to_end(settings, warehouse, r
                 + drive("veh-b", 300, start_ms=T0_MS + 300_000, speed=5.0, park="park-b",
                         road_type=common_pb2.ROAD_TYPE_PARK, mode=common_pb2.DRIVING_MODE_MANUAL))
     await publish(settings.kafka_bootstrap_servers, messages)
-    running = Running(settings, warehouse)
+    running = Running(HeartbeatIngest, settings, warehouse)
     async with running as service:
         await running.caught_up()
         await service.rollup()
@@ -140,7 +109,7 @@ async def test_bad_messages_go_to_dead_letter_and_the_rest_flows(settings, wareh
     await publish_raw(settings.kafka_bootstrap_servers,
                       [(topics.HEARTBEAT, b"veh-bad", future.SerializeToString()),
                        (topics.HEARTBEAT, b"veh-bad", stale.SerializeToString())])
-    running = Running(settings, warehouse)
+    running = Running(HeartbeatIngest, settings, warehouse)
     async with running as service:
         await running.caught_up()
     sent_bad = {(topic, key, value) for topic, key, value, _ in bad} | {

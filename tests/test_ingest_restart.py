@@ -41,7 +41,6 @@ q = w.query_rows
 tables = {r[0] for r in q("SELECT name FROM system.tables WHERE database = currentDatabase()")}
 print(json.dumps({
     "hb": q("SELECT count() FROM ods_heartbeat FINAL")[0][0] if "ods_heartbeat" in tables else 0,
-    "hb_raw": q("SELECT count() FROM ods_heartbeat")[0][0] if "ods_heartbeat" in tables else 0,
     "hb_distinct": q("SELECT uniqExact(vehicle_id, ts) FROM ods_heartbeat")[0][0] if "ods_heartbeat" in tables else 0,
     "pose": q("SELECT count() FROM ods_pose FINAL")[0][0] if "ods_pose" in tables else 0,
     "seconds": q("SELECT count() FROM dwd_vehicle_second FINAL")[0][0] if "dwd_vehicle_second" in tables else 0,

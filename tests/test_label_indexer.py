@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import random
 
@@ -22,7 +21,7 @@ from fleetloop.v1 import deadletter_pb2
 from services.label_indexer.join import SecondJoiner, TooLate
 from services.label_indexer.service import CONFIG as LABEL_CONFIG
 from services.label_indexer.service import INDEX_BITMAP_TABLE, INDEX_HOUR_TABLE, MIGRATIONS, LabelIndexer
-from tests.conftest import assert_letters_point_at_their_records, truncate_owned_tables, wait_until
+from tests.conftest import Running, assert_letters_point_at_their_records, truncate_owned_tables
 from tests.fleetdata import T0_MS, heartbeat, pose
 
 TX = load_taxonomy()
@@ -89,33 +88,6 @@ def clean(warehouse):
     truncate_owned_tables(warehouse, (LABEL_TABLE, "dwd_label_index"))
 
 
-class Running:
-    """An in-process label-indexer."""
-
-    def __init__(self, settings, warehouse):
-        self.bus = Bus(settings.kafka_bootstrap_servers)
-        self.settings, self.warehouse = settings, warehouse
-
-    async def __aenter__(self) -> LabelIndexer:
-        await self.bus.start()
-        self.service = LabelIndexer(self.settings, self.warehouse, self.bus)
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(self.service.run(self.stop))
-        return self.service
-
-    async def caught_up(self) -> None:
-        async def done() -> bool:
-            if self.task.done():
-                self.task.result()
-            return await self.service.consumer.lag() == 0
-        await wait_until(done, timeout_s=180)
-
-    async def __aexit__(self, *exc):
-        self.stop.set()
-        await self.task
-        await self.bus.stop()
-
-
 async def publish(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
     await ensure_topics(bootstrap)
     bus = Bus(bootstrap)
@@ -167,7 +139,7 @@ async def test_simulated_fleet_labels_equal_label_second_and_hours_are_indexed(s
     jittered = sorted(messages, key=lambda m: m[1].event_time_ms + rng.uniform(0, 3000))
     raw = [(t, e.vehicle_id.encode(), e.SerializeToString()) for t, e in jittered]
     await publish(settings.kafka_bootstrap_servers, raw)
-    running = Running(settings, warehouse)
+    running = Running(LabelIndexer, settings, warehouse, timeout_s=180)
     async with running as service:
         await running.caught_up()
     expected = {k: r for k, r in expected_rows(messages).items()}
@@ -220,7 +192,7 @@ async def test_bad_input_is_dead_lettered_and_good_seconds_flow(settings, wareho
            (topics.POSE, b"veh-bad", short.SerializeToString()),
            (topics.PERCEPTION, b"veh-bad", heartbeat("veh-bad", T0_MS).SerializeToString())]
     await publish(settings.kafka_bootstrap_servers, good[:20] + bad + good[20:])
-    running = Running(settings, warehouse)
+    running = Running(LabelIndexer, settings, warehouse, timeout_s=180)
     async with running as service:
         await running.caught_up()
     # 30 seconds of heartbeat + pose, no perception: all but the last 6 s (1 s + 5 s lateness
@@ -247,7 +219,7 @@ async def test_bad_input_is_dead_lettered_and_good_seconds_flow(settings, wareho
     later = [(topics.HEARTBEAT, b"veh-ok", heartbeat("veh-ok", T0_MS + 1000 * s).SerializeToString())
              for s in range(30, 60)]
     await publish(settings.kafka_bootstrap_servers, later)
-    running = Running(settings, warehouse)
+    running = Running(LabelIndexer, settings, warehouse, timeout_s=180)
     async with running:
         await running.caught_up()
     no_perception = TX.tag("data.no_perception").bit - 64

@@ -21,7 +21,7 @@ from services.heartbeat_ingest import rows
 from services.heartbeat_ingest.metrics import MetricsSink, compute_metrics, metrics_report
 from services.heartbeat_ingest.metrics_api import MetricsApi
 from services.heartbeat_ingest.service import HeartbeatIngest
-from tests.conftest import truncate_owned_tables, wait_until
+from tests.conftest import Running, truncate_owned_tables, wait_until
 from tests.fleetdata import T0_MS, drive
 
 pytestmark = pytest.mark.integration
@@ -189,28 +189,24 @@ async def test_heartbeat_ingest_computes_metrics_from_the_topics(settings, wareh
     await ensure_topics(settings.kafka_bootstrap_servers)
     bus = Bus(settings.kafka_bootstrap_servers)
     await bus.start()
-    await bus.send_many(sent)
-    service = HeartbeatIngest(settings, warehouse, bus)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
+    try:
+        await bus.send_many(sent)
+    finally:
+        await bus.stop()
+    running = Running(HeartbeatIngest, settings, warehouse)
 
     async def consumed() -> bool:
-        if task.done():
-            task.result()
+        running.alive()
         handled = service.consumer.records_by_topic + service.metrics_consumer.records_by_topic
         return (handled[topics.HEARTBEAT] + handled[topics.POSE] == len(mileage)
                 and handled[topics.TRIGGERS] == 2 * len(EVENTS) and handled[topics.CASES] == 1)
 
-    try:
+    async with running as service:
         await wait_until(consumed, timeout_s=120)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
             stub = metrics_pb2_grpc.MetricsServiceStub(channel)
             (fleet,) = (await stub.GetMetrics(metrics_pb2.GetMetricsRequest())).rows
             by_park = {r.group: r for r in (await stub.GetMetrics(metrics_pb2.GetMetricsRequest(group_by="park"))).rows}
-    finally:
-        stop.set()
-        await task
-        await bus.stop()
     # As in test_adjudication_moves_events_in_and_out_of_mpd after c1: the dangerous third-party hard
     # brake moves from MPS to MPD_all only; the replayed triggers count once.
     assert fleet.km == pytest.approx(15.0)

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from fleetloop.bus import Bus, ensure_topics
+from fleetloop.bus import ensure_topics
 from fleetloop.cli import app as cli
 from fleetloop.feed import publish_seconds
 from fleetloop.sim import FleetSimulator, ScheduledIncident, SimConfig
@@ -15,7 +15,7 @@ from fleetloop.v1 import alerts_pb2, alerts_pb2_grpc
 from typer.testing import CliRunner
 
 from services.heartbeat_ingest.service import MIGRATIONS, HeartbeatIngest
-from tests.conftest import truncate_owned_tables, wait_until
+from tests.conftest import Running, truncate_owned_tables, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,77 +55,73 @@ async def test_every_incident_alerted_once_within_threshold_and_recovered(settin
     cuts = [midpoint_ms(first_stall), midpoint_ms(blockage), seconds[-1].t_ms + 1]
     assert cuts == sorted(cuts) and first_stall.end_ms < blockage.start_ms
     await ensure_topics(settings.kafka_bootstrap_servers)
-    bus = Bus(settings.kafka_bootstrap_servers)
-    await bus.start()
-    service = HeartbeatIngest(settings, warehouse, bus)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
+    running = Running(HeartbeatIngest, settings, warehouse)
 
     async def settled() -> bool:
-        if task.done():
-            task.result()
+        running.alive()
         return await service.consumer.lag() == 0 and await service.settled()
 
     async def publish_until(cut_ms: int, published_ms: int) -> None:
-        await publish_seconds(bus, [s for s in seconds if published_ms <= s.t_ms < cut_ms])
+        await publish_seconds(running.bus, [s for s in seconds if published_ms <= s.t_ms < cut_ms])
         await wait_until(settled, timeout_s=240, poll_s=0.5)
         await asyncio.sleep(2)  # let the last take() window flush
         await wait_until(settled, timeout_s=60, poll_s=0.5)
 
-    await publish_until(cuts[0], seconds[0].t_ms)  # the gRPC port is known once the service runs
-    env = {"FLEETLOOP_FLEET_GRPC": f"127.0.0.1:{service.grpc_port}"}
+    async with running as service:
+        await publish_until(cuts[0], seconds[0].t_ms)  # the gRPC port is known once the service runs
+        env = {"FLEETLOOP_FLEET_GRPC": f"127.0.0.1:{service.grpc_port}"}
 
-    def fleetloop(*args: str):
-        # blocking gRPC client, so off the event loop that serves it
-        return asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+        def fleetloop(*args: str):
+            # blocking gRPC client, so off the event loop that serves it
+            return asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
-        stub = alerts_pb2_grpc.AlertServiceStub(channel)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            stub = alerts_pb2_grpc.AlertServiceStub(channel)
 
-        async def open_alerts(kind: int) -> list:
-            listed = await stub.ListAlerts(alerts_pb2.ListAlertsRequest(kinds=[kind],
-                                                                        states=[alerts_pb2.ALERT_STATE_OPEN]))
-            return list(listed.alerts)
+            async def open_alerts(kind: int) -> list:
+                listed = await stub.ListAlerts(alerts_pb2.ListAlertsRequest(kinds=[kind],
+                                                                            states=[alerts_pb2.ALERT_STATE_OPEN]))
+                return list(listed.alerts)
 
-        # Part 1: the stall is OPEN; acknowledge and resolve it over gRPC.
-        stalled = [a for a in await open_alerts(alerts_pb2.ALERT_KIND_STOP_NOT_GO)
-                   if a.vehicle_id == first_stall.vehicle_id]
-        assert len(stalled) == 1, "the first stall is under way at the cut, so its alert is OPEN"
-        stall_id = stalled[0].alert_id
-        acked = await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id=stall_id, actor="ops-1"))
-        assert acked.state == alerts_pb2.ALERT_STATE_ACKNOWLEDGED and acked.acknowledged_by == "ops-1"
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id=stall_id, actor="ops-1"))
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        resolved = await stub.ResolveAlert(alerts_pb2.ResolveAlertRequest(alert_id=stall_id, actor="ops-1",
-                                                                          note="towed"))
-        assert resolved.state == alerts_pb2.ALERT_STATE_RESOLVED and resolved.resolved_by == "ops-1"
-        assert resolved.acknowledged_by == "ops-1" and resolved.note == "towed"
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id="nope", actor="ops-1"))
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            # Part 1: the stall is OPEN; acknowledge and resolve it over gRPC.
+            stalled = [a for a in await open_alerts(alerts_pb2.ALERT_KIND_STOP_NOT_GO)
+                       if a.vehicle_id == first_stall.vehicle_id]
+            assert len(stalled) == 1, "the first stall is under way at the cut, so its alert is OPEN"
+            stall_id = stalled[0].alert_id
+            acked = await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id=stall_id, actor="ops-1"))
+            assert acked.state == alerts_pb2.ALERT_STATE_ACKNOWLEDGED and acked.acknowledged_by == "ops-1"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id=stall_id, actor="ops-1"))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            resolved = await stub.ResolveAlert(alerts_pb2.ResolveAlertRequest(alert_id=stall_id, actor="ops-1",
+                                                                              note="towed"))
+            assert resolved.state == alerts_pb2.ALERT_STATE_RESOLVED and resolved.resolved_by == "ops-1"
+            assert resolved.acknowledged_by == "ops-1" and resolved.note == "towed"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.AcknowledgeAlert(alerts_pb2.AcknowledgeAlertRequest(alert_id="nope", actor="ops-1"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-        # Part 2: the park stall is OPEN; acknowledge and resolve it with `fleetloop alerts`.
-        await publish_until(cuts[1], cuts[0])
-        (park_open,) = await open_alerts(alerts_pb2.ALERT_KIND_PARK_STALL)
-        assert park_open.park == blockage.park
-        listed = await fleetloop("alerts", "list", "--kind", "park_stall", "--state", "open")
-        assert listed.exit_code == 0 and "park_stall" in listed.output and blockage.park in listed.output
-        acked = await fleetloop("alerts", "ack", park_open.alert_id, "--actor", "ops-2")
-        assert acked.exit_code == 0 and f"{park_open.alert_id}: acknowledged by ops-2" in acked.output
-        refused = await fleetloop("alerts", "ack", park_open.alert_id, "--actor", "ops-2")
-        assert refused.exit_code == 2 and "FAILED_PRECONDITION" in refused.output
-        closed = await fleetloop("alerts", "resolve", park_open.alert_id, "--actor", "ops-2")
-        assert closed.exit_code == 0 and f"{park_open.alert_id}: resolved by ops-2" in closed.output
-        refused = await fleetloop("alerts", "ack", "nope", "--actor", "ops-1")
-        assert refused.exit_code == 2 and "NOT_FOUND" in refused.output
-        assert not await open_alerts(alerts_pb2.ALERT_KIND_PARK_STALL)
+            # Part 2: the park stall is OPEN; acknowledge and resolve it with `fleetloop alerts`.
+            await publish_until(cuts[1], cuts[0])
+            (park_open,) = await open_alerts(alerts_pb2.ALERT_KIND_PARK_STALL)
+            assert park_open.park == blockage.park
+            listed = await fleetloop("alerts", "list", "--kind", "park_stall", "--state", "open")
+            assert listed.exit_code == 0 and "park_stall" in listed.output and blockage.park in listed.output
+            acked = await fleetloop("alerts", "ack", park_open.alert_id, "--actor", "ops-2")
+            assert acked.exit_code == 0 and f"{park_open.alert_id}: acknowledged by ops-2" in acked.output
+            refused = await fleetloop("alerts", "ack", park_open.alert_id, "--actor", "ops-2")
+            assert refused.exit_code == 2 and "FAILED_PRECONDITION" in refused.output
+            closed = await fleetloop("alerts", "resolve", park_open.alert_id, "--actor", "ops-2")
+            assert closed.exit_code == 0 and f"{park_open.alert_id}: resolved by ops-2" in closed.output
+            refused = await fleetloop("alerts", "ack", "nope", "--actor", "ops-1")
+            assert refused.exit_code == 2 and "NOT_FOUND" in refused.output
+            assert not await open_alerts(alerts_pb2.ALERT_KIND_PARK_STALL)
 
-        # Part 3: the rest of the run.
-        await publish_until(cuts[2], cuts[1])
-        alerts = await service.alerts.newest(1000)
-        listed = await stub.ListAlerts(alerts_pb2.ListAlertsRequest(kinds=[alerts_pb2.ALERT_KIND_PARK_STALL]))
-        assert [a.alert_id for a in listed.alerts] == [park_open.alert_id]
+            # Part 3: the rest of the run.
+            await publish_until(cuts[2], cuts[1])
+            alerts = await service.alerts.newest(1000)
+            listed = await stub.ListAlerts(alerts_pb2.ListAlertsRequest(kinds=[alerts_pb2.ALERT_KIND_PARK_STALL]))
+            assert [a.alert_id for a in listed.alerts] == [park_open.alert_id]
 
     kinds = {i.kind for i in truth.incidents}
     assert {"offline", "stop_not_go", "park_blockage", "error_burst"} <= kinds, kinds
@@ -167,6 +163,3 @@ async def test_every_incident_alerted_once_within_threshold_and_recovered(settin
     bursts = [i for i in truth.incidents if i.kind == "error_burst"]
     burst_alerts = by_kind.get(alerts_pb2.ALERT_KIND_ERROR_BURST, [])
     assert sorted(a.park for a in burst_alerts) == sorted(i.park for i in bursts)
-    stop.set()
-    await task
-    await bus.stop()
