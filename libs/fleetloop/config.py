@@ -1,7 +1,13 @@
-"""Configuration: environment variables with embedded defaults, read once at the edge.
+"""Configuration: the one YAML loader for every component, and the environment read once at the edge.
 
-Logic never reads the environment; `Settings.from_env()` is called by the CLI and by
-service entry points, and the resulting object is passed in.
+Every configuration file is read by `load_yaml(path, Model)` (or `parse_yaml(text, Model)` for text that
+arrives over the wire) into a frozen pydantic model that refuses unknown keys; whatever is wrong with
+it comes back as one `ConfigError` naming the file, the key path and the problem. The YAML is parsed
+safely: plain data only, and aliases may not expand the document beyond `MAX_YAML_NODES` nodes (a few
+hundred bytes of nested aliases otherwise build gigabytes).
+
+Logic never reads the environment; `Settings.from_env()` is called by the CLI and by service entry
+points, and the resulting object is passed in.
 """
 
 from __future__ import annotations
@@ -10,8 +16,145 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 EMBEDDED = "embedded"
+
+# Nodes a document may hold once its aliases are expanded. The largest shipped file has a few
+# thousand; a hostile curriculum of 8 alias levels expands to ~10^8.
+MAX_YAML_NODES = 100_000
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the source, the key path and what is wrong."""
+
+
+class ConfigModel(BaseModel):
+    """Base of every component's parameters: immutable, and an unknown key is an error, not ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def load_yaml(path: str | Path, model: type[M], *, max_nodes: int = MAX_YAML_NODES) -> M:
+    """Read the YAML file at `path` and validate it as `model`; raises ConfigError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_yaml(text, model, source=str(path), max_nodes=max_nodes)
+
+
+def parse_yaml(text: str, model: type[M], *, source: str = "<yaml>", max_nodes: int = MAX_YAML_NODES) -> M:
+    """Parse YAML `text` safely and validate it as `model`; `source` names it in errors."""
+    return validate(safe_load(text, source=source, max_nodes=max_nodes), model, source=source)
+
+
+def validate(data: Any, model: type[M], *, source: str, prefix: str = "") -> M:
+    """Validate already-parsed `data` as `model`; errors name `source` and the key path below `prefix`."""
+    try:
+        return model.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source=source, prefix=prefix)) from None
+
+
+def describe_errors(exc: ValidationError, *, source: str, prefix: str = "",
+                    rename: Mapping[str, str] | None = None) -> str:
+    """One line per problem: `source: key.path: what is wrong (got value)`; `rename` maps a top-level
+    field to the name the user wrote (an environment variable)."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        if rename and loc:
+            loc[0] = rename.get(loc[0], loc[0])
+        path = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{source}: {path}: unknown key")
+        elif error["type"] == "missing":
+            lines.append(f"{source}: {path}: required key is missing")
+        else:
+            lines.append(f"{source}: {path}: {error['msg']} (got {_short(error.get('input'))})")
+    return "\n".join(lines)
+
+
+def safe_load(text: str, *, source: str = "<yaml>", max_nodes: int = MAX_YAML_NODES) -> Any:
+    """Plain data from YAML `text`: no tags beyond the safe ones, no recursive or duplicate keys, and at
+    most `max_nodes` nodes once aliases are expanded. Raises ConfigError."""
+    loader = _SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source=source, max_nodes=max_nodes)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, *, source: str, max_nodes: int) -> None:
+    """Count the nodes `root` stands for with every alias expanded, without expanding them.
+
+    Aliases share their anchor's node object, so each distinct node's expanded size is computed once
+    (memoised by identity): the cost is linear in the document's text, not in its expansion.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: yaml.Node, path: str) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"{source}: {path or '(top level)'}: an alias refers to itself")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                total += expanded(item, f"{path}[{index}]")
+                _refuse_over(total, path, source=source, max_nodes=max_nodes)
+        elif isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                child = f"{path}.{name}" if path else str(name)
+                if isinstance(key_node, yaml.ScalarNode) and name != "<<":
+                    if name in seen:
+                        raise ConfigError(f"{source}: {child}: key given twice")
+                    seen.add(name)
+                total += expanded(key_node, child) + expanded(value_node, child)
+                _refuse_over(total, path, source=source, max_nodes=max_nodes)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    expanded(root, "")
+
+
+def _refuse_over(total: int, path: str, *, source: str, max_nodes: int) -> None:
+    if total > max_nodes:
+        raise ConfigError(f"{source}: {path or '(top level)'}: aliases expand the document beyond "
+                          f"{max_nodes} nodes")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's complaint and its line/column, without the traceback."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -36,20 +179,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        data_dir = Path(env.get("FLEETLOOP_DATA_DIR", ".fleetloop"))
+        """Settings from `environ` (default: the process environment); see `EnvironmentSettings`."""
+        env = EnvironmentSettings.read(os.environ if environ is None else environ)
+        data_dir = env.data_dir
         return cls(
-            kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", EMBEDDED),
-            clickhouse_url=env.get("CLICKHOUSE_URL", f"chdb://{(data_dir / 'warehouse').resolve()}"),
-            redis_url=env.get("REDIS_URL", EMBEDDED),
+            kafka_bootstrap_servers=env.kafka_bootstrap_servers,
+            clickhouse_url=env.clickhouse_url or f"chdb://{(data_dir / 'warehouse').resolve()}",
+            redis_url=env.redis_url,
             data_dir=data_dir,
-            grpc_host=env.get("FLEETLOOP_GRPC_HOST", "127.0.0.1"),
-            grpc_port=int(env.get("FLEETLOOP_GRPC_PORT", "50051")),
-            consumer_batch_max=int(env.get("FLEETLOOP_CONSUMER_BATCH_MAX", "5000")),
-            consumer_poll_ms=int(env.get("FLEETLOOP_CONSUMER_POLL_MS", "200")),
-            # "event": monitors follow data time (simulation, replay); "live": wall clock moves them through silence.
-            monitor_clock=env.get("FLEETLOOP_MONITOR_CLOCK", "event"),
-            object_store_url=env.get("FLEETLOOP_OBJECT_STORE_URL", (data_dir / "objects").resolve().as_uri()),
+            grpc_host=env.grpc_host,
+            grpc_port=env.grpc_port,
+            consumer_batch_max=env.consumer_batch_max,
+            consumer_poll_ms=env.consumer_poll_ms,
+            monitor_clock=env.monitor_clock,
+            object_store_url=env.object_store_url or (data_dir / "objects").resolve().as_uri(),
         )
 
     def with_urls(self, *, kafka: str | None = None, clickhouse: str | None = None,
@@ -61,3 +204,55 @@ class Settings:
             clickhouse_url=clickhouse or self.clickhouse_url,
             redis_url=redis or self.redis_url,
         )
+
+
+class EnvironmentSettings(BaseSettings):
+    """The environment variables fleetloop reads: `FLEETLOOP_<FIELD>` for its own, plus the three
+    conventional names of the outside services (KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL, REDIS_URL).
+
+    An empty `clickhouse_url` / `object_store_url` means "under data_dir" (filled in by Settings.from_env).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLEETLOOP_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(EMBEDDED, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))
+    clickhouse_url: str = Field("", validation_alias=AliasChoices("CLICKHOUSE_URL"))
+    redis_url: str = Field(EMBEDDED, validation_alias=AliasChoices("REDIS_URL"))
+    data_dir: Path = Path(".fleetloop")
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    consumer_batch_max: int = 5000
+    consumer_poll_ms: int = 200
+    # "event": monitors follow data time (simulation, replay); "live": wall clock moves them through silence.
+    monitor_clock: str = "event"
+    object_store_url: str = ""
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str]) -> EnvironmentSettings:
+        """Validate the fleetloop variables of `environ`; raises ConfigError naming the bad variable."""
+        source = _MappingEnvSource(cls, environ)
+        try:
+            return cls(**source())
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, source="environment", rename=cls.variable_names())) from None
+
+    @classmethod
+    def variable_names(cls) -> dict[str, str]:
+        """Field name -> the environment variable that sets it."""
+        names = {}
+        for name, info in cls.model_fields.items():
+            alias = info.validation_alias
+            names[name] = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"FLEETLOOP_{name.upper()}"
+        return names
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ (tests and the
+    CLI hand in a modified copy)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._environ.items()}
