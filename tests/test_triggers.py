@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from fleetloop.config import ConfigError, safe_load
 from fleetloop.triggers import REGISTRY, Category, TriggerRunner, detect_recording, load_config
 from fleetloop.triggers import synthetic as syn
-from fleetloop.triggers.config import TriggerConfig, merge
+from fleetloop.triggers.config import DEFAULT_PATH, TriggerConfig, merge
 from fleetloop.v1 import common_pb2 as pb
 
 CFG = load_config()
@@ -171,13 +172,28 @@ def test_config_disables_a_trigger_and_moves_a_threshold() -> None:
 
 
 def test_bad_config_is_refused() -> None:
-    raw = {"version": "x", "runner": {}, "sanity": {}, "ego_path": {}, "hard_decel": {}, "triggers": {}}
+    # The shared sections are typed now, so the unregistered trigger rides on the packaged ones.
+    raw = safe_load(DEFAULT_PATH.read_text())
     with pytest.raises(ValueError, match="no trigger class"):
         TriggerRunner(TriggerConfig.from_mapping(merge(raw, {"triggers": {"warp_drive": {}}})), "v")
     with pytest.raises(ValueError, match="unknown"):
         TriggerRunner(load_config(overrides={"triggers": {"weaving": {"params": {"yaw_rate": 0.1}}}}), "v")
-    with pytest.raises(ValueError, match="lacks section"):
+    with pytest.raises(ValueError, match="runner: required key is missing"):
         TriggerConfig.from_mapping({"version": "x"})
+
+
+def test_bad_threshold_names_file_and_key_path() -> None:
+    def refused(overrides: dict, message: str) -> None:
+        with pytest.raises(ConfigError, match=r"triggers\.yaml: " + message):
+            TriggerRunner(load_config(overrides=overrides), "v")
+
+    refused({"triggers": {"weaving": {"params": {"yaw_rate_rps": -0.1}}}},
+            r"triggers\.weaving\.params\.yaw_rate_rps: .*greater than 0")
+    refused({"triggers": {"weaving": {"params": {"min_sign_changes": None}}}},
+            r"triggers\.weaving\.params\.min_sign_changes: .*valid integer")
+    refused({"hard_decel": {"severe_decel_mps2": 3.0}}, r"hard_decel: .*severe_decel_mps2 must exceed decel_mps2")
+    refused({"triggers": {"contact": {"window_pre_s": -1}}}, r"triggers\.contact\.window_pre_s: .*greater than")
+    refused({"sanity": {"max_speed_mps": float("nan")}}, r"sanity\.max_speed_mps: .*finite")
 
 
 def test_event_carries_ids_config_version_and_measurements() -> None:

@@ -38,9 +38,9 @@ class ConfigError(ValueError):
 
 
 class ConfigModel(BaseModel):
-    """Base of every component's parameters: immutable, and an unknown key is an error, not ignored."""
+    """Base of every component's parameters: immutable; an unknown key, NaN or infinity is an error."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def load_yaml(path: str | Path, model: type[M], *, max_nodes: int = MAX_YAML_NODES) -> M:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fleetloop.config import ConfigError, ConfigModel, validate
 from fleetloop.triggers.config import TriggerConfig, TriggerSpec
 from fleetloop.triggers.frames import Frames
 from fleetloop.v1 import triggers_pb2
@@ -40,23 +41,19 @@ class Detection:
 class Trigger:
     """A pure trigger over one vehicle's `Frames`, carrying its open episodes between batches.
 
-    Subclasses set `name`, `category`, `PARAMS` (the exact keys of their `params` config) and
-    implement `update`. `update(frames, horizon_ms)` sees every batch of consecutive seconds in
+    Subclasses set `name`, `category`, `Params` (the model of their `params` config, read as the
+    typed `self.p`) and implement `update`. `update(frames, horizon_ms)` sees every batch of consecutive seconds in
     time order; `horizon_ms` promises that no later batch holds data before it. `finish()` ends
     the stream. `state()`/`load_state()` round-trip everything carried (JSON-able).
     """
 
     name: ClassVar[str]
     category: ClassVar[Category]
-    PARAMS: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type[ConfigModel]] = ConfigModel
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
-        missing = set(self.PARAMS) - set(spec.params)
-        unknown = set(spec.params) - set(self.PARAMS)
-        if missing or unknown:
-            raise ValueError(f"trigger {self.name!r}: missing params {sorted(missing)}, unknown {sorted(unknown)}")
         self.spec = spec
-        self.p: Mapping[str, Any] = spec.params
+        self.p = validate(spec.params, self.Params, source=config.source, prefix=f"triggers.{self.name}.params")
         self.default_category = Category[spec.category] if spec.category else self.category
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
@@ -91,11 +88,11 @@ def register(cls: type[Trigger]) -> type[Trigger]:
 def build_triggers(config: TriggerConfig) -> list[Trigger]:
     """Instantiate every enabled trigger of `config`, in configuration order.
 
-    Raises ValueError for a configured name that no class registers.
+    Raises ConfigError for a configured name that no class registers, or params its class refuses.
     """
     unknown = set(config.triggers) - set(REGISTRY)
     if unknown:
-        raise ValueError(f"no trigger class registered for {sorted(unknown)}")
+        raise ConfigError(f"{config.source}: triggers: no trigger class registered for {sorted(unknown)}")
     return [REGISTRY[name](spec, config) for name, spec in config.triggers.items() if spec.enabled]
 
 

@@ -1,7 +1,9 @@
-"""Trigger configuration: the defaults in `triggers.yaml`, deep-merged with overrides.
+"""Trigger configuration: the defaults in `triggers.yaml`, deep-merged with overrides, as typed models.
 
 `load_config()` is the only function here that reads a file; everything else takes the parsed
-mapping, so services and tests pass configuration in.
+configuration, so services and tests pass it in. The shared sections (runner, sanity, ego_path,
+hard_decel) are typed here; each trigger class declares its own `Params` model, checked against its
+`params` mapping when the trigger is built (`fleetloop.triggers.base.Trigger`).
 """
 
 from __future__ import annotations
@@ -10,68 +12,118 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import Field, PrivateAttr, model_validator
+
+from fleetloop.config import ConfigModel, safe_load, validate
 
 DEFAULT_PATH = Path(__file__).with_name("triggers.yaml")
 
-
-@dataclass(frozen=True)
-class TriggerSpec:
-    """One trigger's configuration: enabled, metric weight, case window (s), thresholds, and an
-    optional category override (MPS / MPD / MPI / INFO) for triggers whose metric is a policy choice."""
-
-    name: str
-    enabled: bool
-    weight: float
-    window_pre_s: float
-    window_post_s: float
-    params: Mapping[str, Any]
-    category: str | None = None
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class TriggerConfig:
+class EpisodeGaps(ConfigModel):
+    """How samples chain into one episode (`fleetloop.triggers.episodes`): active samples at most
+    `merge_gap_s` apart merge; a data gap longer than `bridge_gap_s` ends the episode (seconds)."""
+
+    merge_gap_s: NonNegative
+    bridge_gap_s: NonNegative
+
+
+class RunnerParams(ConfigModel):
+    """Seconds of event time the runner waits for one vehicle's late messages."""
+
+    allowed_lateness_s: NonNegative
+
+
+class SanityLimits(ConfigModel):
+    """Bounds beyond which a pose sample is masked before any trigger sees it (SI units)."""
+
+    max_speed_mps: Positive
+    min_speed_mps: Annotated[float, Field(le=0)]
+    max_abs_accel_mps2: Positive
+    max_abs_yaw_rate_rps: Positive
+    max_step_speed_mps: Positive
+
+
+class EgoPath(ConfigModel):
+    """The corridor ahead of the ego that hard_brake / phantom_stop / near_miss look into (m)."""
+
+    half_width_m: Positive
+    lookahead_m: Positive
+
+
+class HardDecelParams(EpisodeGaps):
+    """One hard-deceleration episode: deceleration ≥ `decel_mps2` (m/s²) for ≥ `min_duration_s`;
+    severity reaches 1 at `severe_decel_mps2`."""
+
+    decel_mps2: Positive
+    min_duration_s: NonNegative
+    severe_decel_mps2: Positive
+
+    @model_validator(mode="after")
+    def _severe_beyond_threshold(self) -> HardDecelParams:
+        if self.severe_decel_mps2 <= self.decel_mps2:
+            raise ValueError("severe_decel_mps2 must exceed decel_mps2 (severity scales between them)")
+        return self
+
+
+class TriggerSpec(ConfigModel):
+    """One trigger's configuration: enabled, metric weight, case window (s), its `params` (checked by
+    the trigger class's own model), and an optional category override (MPS / MPD / MPI / INFO) for
+    triggers whose metric is a policy choice."""
+
+    enabled: bool = True
+    weight: NonNegative = 1.0
+    window_pre_s: NonNegative = 10.0
+    window_post_s: NonNegative = 5.0
+    params: dict[str, Any] = Field(default_factory=dict)
+    category: Literal["MPS", "MPD", "MPI", "INFO"] | None = None
+
+
+class TriggerConfig(ConfigModel):
     """The effective trigger configuration.
 
-    `sections` holds the shared sections (runner, sanity, ego_path, hard_decel) as mappings;
-    `triggers` the per-trigger specs in file order; `version` is the file's version plus a hash of
-    the effective content, so any threshold change yields a new version.
+    `triggers` holds the per-trigger specs in file order; `version` is the file's version plus a hash
+    of the effective content, so any threshold change yields a new version. `source` names where it
+    came from in error messages.
     """
 
     version: str
-    sections: Mapping[str, Mapping[str, Any]]
-    triggers: Mapping[str, TriggerSpec]
+    runner: RunnerParams
+    sanity: SanityLimits
+    ego_path: EgoPath
+    hard_decel: HardDecelParams
+    triggers: dict[str, TriggerSpec]
+    _source: str = PrivateAttr(default="trigger config")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_with_content_hash(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and isinstance(raw.get("version"), str):
+            digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            return {**raw, "version": f"{raw['version']}+{digest}"}
+        return raw
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> TriggerConfig:
-        """Validate a parsed configuration. Raises ValueError on a missing or malformed section."""
-        for key in ("version", "runner", "sanity", "ego_path", "hard_decel", "triggers"):
-            if key not in raw:
-                raise ValueError(f"trigger config lacks section {key!r}")
-        specs = {}
-        for name, body in raw["triggers"].items():
-            unknown = set(body) - {"enabled", "weight", "window_pre_s", "window_post_s", "params", "category"}
-            if unknown:
-                raise ValueError(f"trigger {name!r}: unknown keys {sorted(unknown)}")
-            specs[name] = TriggerSpec(
-                name=name,
-                enabled=bool(body.get("enabled", True)),
-                weight=float(body.get("weight", 1.0)),
-                window_pre_s=float(body.get("window_pre_s", 10.0)),
-                window_post_s=float(body.get("window_post_s", 5.0)),
-                params=dict(body.get("params") or {}),
-                category=body.get("category"),
-            )
-        digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        sections = {k: dict(v) for k, v in raw.items() if k not in ("version", "triggers")}
-        return cls(version=f"{raw['version']}+{digest}", sections=sections, triggers=specs)
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "trigger config") -> TriggerConfig:
+        """Validate a parsed configuration. Raises ConfigError naming `source` and the bad key."""
+        config = validate(raw, cls, source=source)
+        config._source = source
+        return config
 
-    def section(self, name: str) -> Mapping[str, Any]:
-        return self.sections[name]
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A shared section as a plain mapping (for callers outside the triggers, e.g. the replay's frames)."""
+        return getattr(self, name).model_dump()
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,6 +141,8 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     """Read the YAML at `path` (default: the packaged triggers.yaml) and apply `overrides`.
 
     Example: ``load_config(overrides={"triggers": {"weaving": {"enabled": False}}})``.
+    Raises ConfigError naming the file and key path of a bad value.
     """
-    raw = yaml.safe_load((path or DEFAULT_PATH).read_text())
-    return TriggerConfig.from_mapping(merge(raw, overrides or {}))
+    path = path or DEFAULT_PATH
+    raw = safe_load(path.read_text(encoding="utf-8"), source=str(path))
+    return TriggerConfig.from_mapping(merge(raw or {}, overrides or {}), source=str(path))

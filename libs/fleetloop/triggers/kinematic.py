@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from fleetloop.config import ConfigModel
 from fleetloop.triggers.base import Category, Detection, Trigger, ms, nearest_in_path, register
-from fleetloop.triggers.config import TriggerConfig, TriggerSpec
+from fleetloop.triggers.config import Count, EpisodeGaps, NonNegative, Positive, TriggerConfig, TriggerSpec
 from fleetloop.triggers.episodes import Episode, EpisodeTracker
 from fleetloop.triggers.frames import Frames
 
@@ -27,16 +28,16 @@ class _HardDecel(Trigger):
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.hd = config.section("hard_decel")
-        self.path = config.section("ego_path")
+        self.hd = config.hard_decel
+        self.path = config.ego_path
         self.tracker = EpisodeTracker(
-            ms(self.hd["merge_gap_s"]), ms(self.hd["bridge_gap_s"]),
+            ms(self.hd.merge_gap_s), ms(self.hd.bridge_gap_s),
             {"decel": "max", "seen": "max", "occupied": "max", "lead_m": "min", "speed": "max"}, peak="decel")
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
-        idx = np.flatnonzero(frames.accel_valid & (frames.accel_lon_mps2 <= -self.hd["decel_mps2"]))
+        idx = np.flatnonzero(frames.accel_valid & (frames.accel_lon_mps2 <= -self.hd.decel_mps2))
         row = frames.row[idx]
-        lead = nearest_in_path(frames, self.path["half_width_m"], self.path["lookahead_m"])[row]
+        lead = nearest_in_path(frames, self.path.half_width_m, self.path.lookahead_m)[row]
         values = {"decel": -frames.accel_lon_mps2[idx], "seen": frames.has_perception[row].astype(np.float64),
                   "occupied": np.isfinite(lead).astype(np.float64), "lead_m": lead,
                   "speed": frames.speed_mps[idx]}
@@ -48,7 +49,7 @@ class _HardDecel(Trigger):
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
         out = []
         for ep in episodes:
-            if (ep.end_ms - ep.start_ms) / 1000.0 < self.hd["min_duration_s"]:
+            if (ep.end_ms - ep.start_ms) / 1000.0 < self.hd.min_duration_s:
                 continue
             phantom = ep.aggs["seen"] > 0 and ep.aggs["occupied"] == 0
             if phantom == self.owns_phantom:
@@ -56,7 +57,7 @@ class _HardDecel(Trigger):
         return out
 
     def _event(self, ep: Episode) -> Detection:
-        thr, severe = self.hd["decel_mps2"], self.hd["severe_decel_mps2"]
+        thr, severe = self.hd.decel_mps2, self.hd.severe_decel_mps2
         peak = ep.aggs["decel"]
         m = {"peak_decel_mps2": peak, "duration_s": (ep.end_ms - ep.start_ms) / 1000.0,
              "max_speed_mps": ep.aggs["speed"]}
@@ -75,6 +76,13 @@ class _HardDecel(Trigger):
         self.tracker.load_state(state)
 
 
+class HardBrakeParams(ConfigModel):
+    """hard_brake's MPD rule: peak deceleration (m/s²) and lead distance (m) of an extreme brake."""
+
+    mpd_decel_mps2: Positive
+    mpd_lead_distance_m: Positive
+
+
 @register
 class HardBrake(_HardDecel):
     """Hard brake with something in the path (or no perception). MPS; MPD when the peak
@@ -82,10 +90,11 @@ class HardBrake(_HardDecel):
 
     name = "hard_brake"
     category = Category.MPS
-    PARAMS = ("mpd_decel_mps2", "mpd_lead_distance_m")
+    Params = HardBrakeParams
+    p: HardBrakeParams
 
     def _category(self, peak_decel: float, lead_m: float) -> Category | None:
-        extreme = peak_decel >= self.p["mpd_decel_mps2"] and lead_m <= self.p["mpd_lead_distance_m"]
+        extreme = peak_decel >= self.p.mpd_decel_mps2 and lead_m <= self.p.mpd_lead_distance_m
         return Category.MPD if extreme else None
 
 
@@ -95,8 +104,16 @@ class PhantomStop(_HardDecel):
 
     name = "phantom_stop"
     category = Category.MPS
-    PARAMS = ()
     owns_phantom = True
+
+
+class WeavingParams(EpisodeGaps):
+    """Yaw-rate swings (rad/s) at speed (m/s) and how many direction changes make weaving."""
+
+    yaw_rate_rps: Positive
+    min_speed_mps: NonNegative
+    min_sign_changes: Count
+    severe_yaw_rate_rps: Positive
 
 
 @register
@@ -111,18 +128,18 @@ class Weaving(Trigger):
 
     name = "weaving"
     category = Category.MPS
-    PARAMS = ("yaw_rate_rps", "min_speed_mps", "min_sign_changes", "merge_gap_s", "bridge_gap_s",
-              "severe_yaw_rate_rps")
+    Params = WeavingParams
+    p: WeavingParams
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.tracker = EpisodeTracker(ms(self.p["merge_gap_s"]), ms(self.p["bridge_gap_s"]),
+        self.tracker = EpisodeTracker(ms(self.p.merge_gap_s), ms(self.p.bridge_gap_s),
                                       {"abs_yaw": "max", "sign": "changes", "speed": "max"}, peak="abs_yaw")
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
         yaw = frames.yaw_rate_rps
-        idx = np.flatnonzero((np.abs(yaw) >= self.p["yaw_rate_rps"]) & frames.yaw_valid & frames.speed_valid
-                             & (frames.speed_mps > self.p["min_speed_mps"]))
+        idx = np.flatnonzero((np.abs(yaw) >= self.p.yaw_rate_rps) & frames.yaw_valid & frames.speed_valid
+                             & (frames.speed_mps > self.p.min_speed_mps))
         values = {"abs_yaw": np.abs(yaw[idx]), "sign": np.sign(yaw[idx]), "speed": frames.speed_mps[idx]}
         return self._detect(self.tracker.update(frames.t_ms, idx, values, horizon_ms))
 
@@ -130,12 +147,12 @@ class Weaving(Trigger):
         return self._detect(self.tracker.close())
 
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
-        thr, severe = self.p["yaw_rate_rps"], self.p["severe_yaw_rate_rps"]
+        thr, severe = self.p.yaw_rate_rps, self.p.severe_yaw_rate_rps
         return [
             self.detection((ep.aggs["abs_yaw"] - thr) / (severe - thr), ep.start_ms, ep.peak_ms, ep.end_ms,
                            {"peak_yaw_rate_rps": ep.aggs["abs_yaw"], "sign_changes": ep.aggs["sign"],
                             "duration_s": (ep.end_ms - ep.start_ms) / 1000.0, "max_speed_mps": ep.aggs["speed"]})
-            for ep in episodes if ep.aggs["sign"] >= self.p["min_sign_changes"]
+            for ep in episodes if ep.aggs["sign"] >= self.p.min_sign_changes
         ]
 
     def state(self) -> dict[str, Any]:
@@ -143,6 +160,15 @@ class Weaving(Trigger):
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.tracker.load_state(state)
+
+
+class StopNotGoParams(EpisodeGaps):
+    """A stop: speed ≤ `max_speed_mps`, steps ≤ `max_step_m`; an issue at `issue_s`, severity 1 at `severe_s`."""
+
+    max_speed_mps: Positive
+    issue_s: Positive
+    max_step_m: Positive
+    severe_s: Positive
 
 
 @register
@@ -157,16 +183,17 @@ class StopNotGo(Trigger):
 
     name = "stop_not_go"
     category = Category.MPS
-    PARAMS = ("max_speed_mps", "issue_s", "max_step_m", "merge_gap_s", "bridge_gap_s", "severe_s")
+    Params = StopNotGoParams
+    p: StopNotGoParams
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.tracker = EpisodeTracker(ms(self.p["merge_gap_s"]), ms(self.p["bridge_gap_s"]), {})
+        self.tracker = EpisodeTracker(ms(self.p.merge_gap_s), ms(self.p.bridge_gap_s), {})
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
-        slow = np.flatnonzero(frames.speed_valid & (frames.speed_mps <= self.p["max_speed_mps"]))
+        slow = np.flatnonzero(frames.speed_valid & (frames.speed_mps <= self.p.max_speed_mps))
         idx = slow[frames.task_running[frames.row[slow]]]
-        moved = frames.step_m > self.p["max_step_m"]
+        moved = frames.step_m > self.p.max_step_m
         closed = self.tracker.update(frames.t_ms, idx, {}, horizon_ms, extra_breaks=moved)
         return self._detect(closed + ([self.tracker.open] if self.tracker.open else []))
 
@@ -174,14 +201,14 @@ class StopNotGo(Trigger):
         return self._detect(self.tracker.close())
 
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
-        issue_ms = ms(self.p["issue_s"])
+        issue_ms = ms(self.p.issue_s)
         out = []
         for ep in episodes:
             if not ep.fired and ep.end_ms - ep.start_ms >= issue_ms:
                 ep.fired = True
                 at = ep.start_ms + issue_ms
-                out.append(self.detection(self.p["issue_s"] / self.p["severe_s"], ep.start_ms, at, at,
-                                          {"stopped_s": self.p["issue_s"]}))
+                out.append(self.detection(self.p.issue_s / self.p.severe_s, ep.start_ms, at, at,
+                                          {"stopped_s": self.p.issue_s}))
         return out
 
     def state(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from fleetloop.triggers.base import (
     per_row_min,
     register,
 )
-from fleetloop.triggers.config import TriggerConfig, TriggerSpec
+from fleetloop.triggers.config import Count, EpisodeGaps, Fraction, NonNegative, Positive, TriggerConfig, TriggerSpec
 from fleetloop.triggers.criticality import time_to_collision
 from fleetloop.triggers.episodes import Episode, EpisodeTracker
 from fleetloop.triggers.frames import Frames
@@ -33,10 +33,11 @@ class _SummaryTrigger(Trigger):
 
     AGGS: Mapping[str, str] = {}
     PEAK: str | None = None
+    p: EpisodeGaps
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.tracker = EpisodeTracker(ms(self.p["merge_gap_s"]), ms(self.p["bridge_gap_s"]), self.AGGS, self.PEAK)
+        self.tracker = EpisodeTracker(ms(self.p.merge_gap_s), ms(self.p.bridge_gap_s), self.AGGS, self.PEAK)
 
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
         rows = np.flatnonzero(frames.has_perception)
@@ -62,6 +63,17 @@ class _SummaryTrigger(Trigger):
         self.tracker.load_state(state)
 
 
+class NearMissParams(EpisodeGaps):
+    """TTC below `ttc_s` (s) at closing ≥ `min_closing_mps`, or an in-path object nearer than
+    `min_distance_m` while moving faster than `min_speed_mps` (m/s)."""
+
+    ttc_s: Positive
+    min_closing_mps: NonNegative
+    min_distance_m: NonNegative
+    min_speed_mps: NonNegative
+    yield_to_hard_brake: bool
+
+
 @register
 class NearMiss(_SummaryTrigger):
     """Time-to-collision or distance envelope below threshold against objects in the ego path.
@@ -76,23 +88,23 @@ class NearMiss(_SummaryTrigger):
 
     name = "near_miss"
     category = Category.MPD
-    PARAMS = ("ttc_s", "min_closing_mps", "min_distance_m", "min_speed_mps", "merge_gap_s", "bridge_gap_s",
-              "yield_to_hard_brake")
+    Params = NearMissParams
+    p: NearMissParams
     AGGS = {"neg_ttc": "max", "min_dist": "min", "decel": "max", "speed": "max"}
     PEAK = "neg_ttc"
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.path = config.section("ego_path")
-        self.hard_decel_mps2 = config.section("hard_decel")["decel_mps2"]
+        self.path = config.ego_path
+        self.hard_decel_mps2 = config.hard_decel.decel_mps2
 
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        hw, la = self.path["half_width_m"], self.path["lookahead_m"]
+        hw, la = self.path.half_width_m, self.path.lookahead_m
         ttc = per_row_min(frames, in_path(frames, hw, la),
-                          time_to_collision(frames.obj_rel_x_m, -frames.obj_rel_vx_mps, self.p["min_closing_mps"]))
+                          time_to_collision(frames.obj_rel_x_m, -frames.obj_rel_vx_mps, self.p.min_closing_mps))
         dist = nearest_in_path(frames, hw, la)
-        moving = frames.ego_speed_mps > self.p["min_speed_mps"]
-        active = ((ttc < self.p["ttc_s"]) | ((dist < self.p["min_distance_m"]) & moving))[rows]
+        moving = frames.ego_speed_mps > self.p.min_speed_mps
+        active = ((ttc < self.p.ttc_s) | ((dist < self.p.min_distance_m) & moving))[rows]
         values = {"neg_ttc": -ttc[rows], "min_dist": dist[rows], "decel": frames.max_decel_mps2[rows],
                   "speed": frames.ego_speed_mps[rows]}
         return active, values
@@ -100,7 +112,7 @@ class NearMiss(_SummaryTrigger):
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
         out = []
         for ep in episodes:
-            if self.p["yield_to_hard_brake"] and ep.aggs["decel"] >= self.hard_decel_mps2:
+            if self.p.yield_to_hard_brake and ep.aggs["decel"] >= self.hard_decel_mps2:
                 continue
             min_ttc = -ep.aggs["neg_ttc"]
             m = {"max_speed_mps": ep.aggs["speed"], "max_decel_mps2": max(ep.aggs["decel"], 0.0)}
@@ -108,9 +120,19 @@ class NearMiss(_SummaryTrigger):
                 m["min_ttc_s"] = min_ttc
             if np.isfinite(ep.aggs["min_dist"]):
                 m["min_distance_m"] = ep.aggs["min_dist"]
-            severity = 1.0 - min_ttc / self.p["ttc_s"] if np.isfinite(min_ttc) else 1.0
+            severity = 1.0 - min_ttc / self.p.ttc_s if np.isfinite(min_ttc) else 1.0
             out.append(self.detection(severity, ep.start_ms, ep.peak_ms, ep.end_ms, m))
         return out
+
+
+class PlannerUncertaintyParams(EpisodeGaps):
+    """Tied costs (gap ratio ≤ `tie_ratio`) for `min_tied_s` summaries, or `min_flips` returns within
+    `flip_window_s` (s)."""
+
+    tie_ratio: Positive
+    min_tied_s: Count
+    min_flips: Count
+    flip_window_s: Positive
 
 
 @register
@@ -125,7 +147,8 @@ class PlannerUncertainty(_SummaryTrigger):
 
     name = "planner_uncertainty"
     category = Category.INFO
-    PARAMS = ("tie_ratio", "min_tied_s", "min_flips", "flip_window_s", "merge_gap_s", "bridge_gap_s")
+    Params = PlannerUncertaintyParams
+    p: PlannerUncertaintyParams
     AGGS = {"tied": "sum", "flips": "sum", "neg_ratio": "max"}
     PEAK = "neg_ratio"
 
@@ -135,12 +158,12 @@ class PlannerUncertainty(_SummaryTrigger):
 
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         ratio = frames.planner_gap_ratio[rows]
-        tied = np.isfinite(ratio) & (ratio <= self.p["tie_ratio"])
+        tied = np.isfinite(ratio) & (ratio <= self.p.tie_ratio)
         flips = np.zeros(rows.size, dtype=bool)
         # Few summaries change maneuver, so walking only the changes stays cheap.
         man, t_ms = frames.maneuver[rows], frames.perception_ms[rows]
         prev = np.concatenate(([self.recent[1]], man[:-1]))
-        window_ms = ms(self.p["flip_window_s"])
+        window_ms = ms(self.p.flip_window_s)
         for i in np.flatnonzero((man != prev) & (man != 0)):
             flips[i] = man[i] == self.recent[0] and t_ms[i] - self.recent[2] <= window_ms
             self.recent = [self.recent[1], int(man[i]), int(t_ms[i])]
@@ -151,14 +174,14 @@ class PlannerUncertainty(_SummaryTrigger):
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
         out = []
         for ep in episodes:
-            if ep.aggs["tied"] >= self.p["min_tied_s"] or ep.aggs["flips"] >= self.p["min_flips"]:
+            if ep.aggs["tied"] >= self.p.min_tied_s or ep.aggs["flips"] >= self.p.min_flips:
                 gap = -ep.aggs["neg_ratio"]
                 m = {"tied_s": ep.aggs["tied"], "flips": ep.aggs["flips"]}
                 if np.isfinite(gap):
                     m["min_cost_gap_ratio"] = gap
-                severity = 1.0 - gap / self.p["tie_ratio"] if np.isfinite(gap) else 0.5
+                severity = 1.0 - gap / self.p.tie_ratio if np.isfinite(gap) else 0.5
                 out.append(self.detection(severity, ep.start_ms, ep.peak_ms, ep.end_ms, m,
-                                          "tied" if ep.aggs["tied"] >= self.p["min_tied_s"] else "flip"))
+                                          "tied" if ep.aggs["tied"] >= self.p.min_tied_s else "flip"))
         return out
 
     def state(self) -> dict[str, Any]:
@@ -167,6 +190,15 @@ class PlannerUncertainty(_SummaryTrigger):
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.tracker.load_state(state)
         self.recent = list(state["recent"])
+
+
+class SceneComplexityParams(EpisodeGaps):
+    """Oncoming above `oncoming_speed_mps` (m/s), emergence within `occlusion_distance_m` (m), UNKNOWN
+    objects below `unknown_confidence` (0..1)."""
+
+    oncoming_speed_mps: NonNegative
+    occlusion_distance_m: Positive
+    unknown_confidence: Fraction
 
 
 @register
@@ -180,7 +212,8 @@ class SceneComplexity(_SummaryTrigger):
 
     name = "scene_complexity"
     category = Category.INFO
-    PARAMS = ("oncoming_speed_mps", "occlusion_distance_m", "unknown_confidence", "merge_gap_s", "bridge_gap_s")
+    Params = SceneComplexityParams
+    p: SceneComplexityParams
     AGGS = {"turn": "max", "occluded": "max", "unknown": "max"}
     REASONS = ("turn", "occluded", "unknown")
     DETAIL = {"turn": "unprotected_turn_oncoming", "occluded": "emerged_from_occlusion",
@@ -191,13 +224,13 @@ class SceneComplexity(_SummaryTrigger):
         r = frames.obj_row
         ego_v = frames.ego_speed_mps[r]
         oncoming = (frames.obj_valid & (frames.obj_rel_x_m > 0)
-                    & (frames.obj_rel_vx_mps + ego_v < -self.p["oncoming_speed_mps"]))
-        near = np.hypot(frames.obj_rel_x_m, frames.obj_rel_y_m) <= self.p["occlusion_distance_m"]
+                    & (frames.obj_rel_vx_mps + ego_v < -self.p.oncoming_speed_mps))
+        near = np.hypot(frames.obj_rel_x_m, frames.obj_rel_y_m) <= self.p.occlusion_distance_m
         flags = {
             "turn": frames.unprotected_turn & (np.bincount(r[oncoming], minlength=m) > 0),
             "occluded": np.bincount(r[frames.obj_valid & frames.obj_emerged & near], minlength=m) > 0,
             "unknown": np.bincount(r[frames.obj_valid & (frames.obj_class == common_pb2.OBJECT_CLASS_UNKNOWN)
-                                     & (frames.obj_confidence < self.p["unknown_confidence"])], minlength=m) > 0,
+                                     & (frames.obj_confidence < self.p.unknown_confidence)], minlength=m) > 0,
         }
         values = {k: v[rows].astype(np.float64) for k, v in flags.items()}
         active = (flags["turn"] | flags["occluded"] | flags["unknown"])[rows]

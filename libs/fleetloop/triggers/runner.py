@@ -46,7 +46,8 @@ class TriggerRunner:
         self.config = config
         self.vehicle_id = vehicle_id
         self.triggers: list[Trigger] = build_triggers(config)
-        self.lateness_ms = ms(config.section("runner")["allowed_lateness_s"])
+        self.lateness_ms = ms(config.runner.allowed_lateness_s)
+        self.sanity = config.section("sanity")  # build_frames reads plain limits; dumped once, not per batch
         self.pending: dict[int, list[common_pb2.Envelope]] = defaultdict(list)
         self.pending_ids: set[str] = set()
         self.closed_until_ms = -1
@@ -146,7 +147,7 @@ class TriggerRunner:
             for env in self.pending.pop(s):
                 self.pending_ids.discard(_message_key(env))
                 envelopes.append(env)
-        frames, self.carry = build_frames(envelopes, self.carry, self.config.section("sanity"))
+        frames, self.carry = build_frames(envelopes, self.carry, self.sanity)
         self.counters["masked_values"] += frames.masked
         self.counters["malformed_pose"] += frames.malformed
         self.closed_until_ms = until_ms
