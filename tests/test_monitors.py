@@ -3,19 +3,18 @@ modes, state round-trips mid-incident and the alert lifecycle."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from collections import defaultdict
 
 import pytest
 import yaml
+from fleetloop.config import ConfigError
 from fleetloop.monitors import (
     AlertTransitionError,
     ClockMode,
     FleetMonitor,
     MonitorConfig,
-    MonitorConfigError,
     MonitorInputError,
     VehicleMonitor,
     acknowledge,
@@ -221,7 +220,7 @@ def test_late_data_within_allowed_lateness_raises_no_false_offline() -> None:
         return alerts
 
     assert alerts_with(CONFIG) == []
-    no_lateness = dataclasses.replace(CONFIG, clock=dataclasses.replace(CONFIG.clock, allowed_lateness_ms=0))
+    no_lateness = CONFIG.model_copy(update={"clock": CONFIG.clock.model_copy(update={"allowed_lateness_s": 0.0})})
     assert [(a.vehicle_id, a.kind) for a in alerts_with(no_lateness)] == [
         ("LATE", K.ALERT_KIND_OFFLINE), ("LATE", K.ALERT_KIND_RECOVERED)]
 
@@ -411,11 +410,27 @@ def test_config_rejects_impossible_values() -> None:
     with open(DEFAULT_CONFIG_PATH, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     raw["stop_not_go"]["levels"][1]["after_s"] = 30
-    with pytest.raises(MonitorConfigError, match="increasing"):
+    with pytest.raises(ConfigError, match="increasing"):
         MonitorConfig.from_mapping(raw)
-    assert dataclasses.replace(CONFIG.offline, missed_heartbeats=5).timeout_ms(2.0) == 2_500
-    with pytest.raises(MonitorConfigError, match="rate"):
+    assert CONFIG.offline.model_copy(update={"missed_heartbeats": 5}).timeout_ms(2.0) == 2_500
+    with pytest.raises(ConfigError, match="rate"):
         CONFIG.offline.timeout_ms(0.0)
+
+
+def test_config_error_names_file_and_key_path(tmp_path) -> None:
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    raw["stop_not_go"]["levels"][2]["severity"] = "LOUD"
+    raw["park_stall"]["min_fraction"] = 1.5
+    raw["error_burst"]["window_minutes"] = 2
+    path = tmp_path / "monitors.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_monitor_config(path)
+    lines = str(err.value).splitlines()
+    assert f"{path}: stop_not_go.levels.2.severity: Value error, must be one of ['CRITICAL', 'INFO', 'WARNING'] " \
+           "(got 'LOUD')" in lines
+    assert f"{path}: park_stall.min_fraction: Input should be less than or equal to 1 (got 1.5)" in lines
+    assert f"{path}: error_burst.window_minutes: unknown key" in lines
 
 
 def test_alert_counts_are_one_per_incident_under_a_busy_fleet() -> None:

@@ -11,7 +11,7 @@ from fleetloop.monitors.alerts import (
     resolve,
 )
 from fleetloop.monitors.clock import ClockMode, EventClock, SourceWatermarks
-from fleetloop.monitors.config import MonitorConfig, MonitorConfigError, load_monitor_config
+from fleetloop.monitors.config import MonitorConfig, load_monitor_config
 from fleetloop.monitors.fleet import FleetMonitor, MonitorInputError
 from fleetloop.monitors.park import ParkMonitor
 from fleetloop.monitors.vehicle import VehicleMonitor
@@ -22,7 +22,6 @@ __all__ = [
     "EventClock",
     "FleetMonitor",
     "MonitorConfig",
-    "MonitorConfigError",
     "MonitorInputError",
     "ParkMonitor",
     "SourceWatermarks",
