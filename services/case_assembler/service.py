@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from fleetloop.state import connect
 from fleetloop.v1 import case_service_pb2_grpc, cases_pb2, triggers_pb2, uploads_pb2
 from fleetloop.vehicle.objectstore import open_store
 from fleetloop.warehouse import Warehouse
-from google.protobuf.message import DecodeError
 
 from services.case_assembler import assembly, rows
 from services.case_assembler.api import CaseApi
@@ -37,56 +35,17 @@ log = logging.getLogger(__name__)
 NAME = "case-assembler"
 GROUP_ID = "case-assembler"
 MIGRATIONS = Path(__file__).parent / "migrations"
-TIERS = frozenset({"microlog", "minilog", "raw"})
 RAW_BYTES_PER_MINUTE = 4e9  # ARCHITECTURE §1: about 4 GB of raw sensor data per vehicle-minute
-SHA256_HEX = frozenset("0123456789abcdef")
 
 
 def decode_trigger(record: Record) -> triggers_pb2.TriggerEvent:
-    """A TriggerEvent from loop.triggers.v1, checked; raises codec.Rejected."""
-    trigger = triggers_pb2.TriggerEvent()
-    try:
-        trigger.ParseFromString(record.value)
-    except DecodeError as exc:
-        raise codec.Rejected("decode_error", str(exc) or "not a TriggerEvent") from None
-    if not trigger.trigger_id or not trigger.vehicle_id or not trigger.trigger:
-        raise codec.Rejected("missing_field", "trigger_id, vehicle_id and trigger are required")
-    if record.key is not None and record.key != trigger.vehicle_id.encode():
-        raise codec.Rejected("key_mismatch", f"key {record.key!r} != vehicle_id {trigger.vehicle_id!r}")
-    if not codec.MIN_EVENT_MS <= trigger.onset_ms < codec.MAX_EVENT_MS or trigger.end_ms < trigger.onset_ms - 1:
-        raise codec.Rejected("bad_timestamp", f"onset_ms={trigger.onset_ms} end_ms={trigger.end_ms}")
-    for name in ("severity", "window_pre_s", "window_post_s"):
-        value = getattr(trigger, name)
-        if not math.isfinite(value) or value < 0:
-            raise codec.Rejected("absurd_value", f"{name}={value}")
-    if trigger.window_pre_s > 3600 or trigger.window_post_s > 3600 or trigger.end_ms - trigger.onset_ms > 86_400_000:
-        raise codec.Rejected("absurd_value", "case window longer than a day")
-    return trigger
+    """A TriggerEvent from loop.triggers.v1, fully checked (codec.decode_trigger); raises codec.Rejected."""
+    return codec.decode_trigger(record.value, record.key)
 
 
 def decode_manifest(record: Record) -> uploads_pb2.UploadManifest:
-    """An UploadManifest from fleet.uploads.v1, checked; raises codec.Rejected."""
-    manifest = uploads_pb2.UploadManifest()
-    try:
-        manifest.ParseFromString(record.value)
-    except DecodeError as exc:
-        raise codec.Rejected("decode_error", str(exc) or "not an UploadManifest") from None
-    if manifest.schema_version not in codec.SUPPORTED_SCHEMA_VERSIONS:
-        raise codec.Rejected("unknown_schema_version", f"schema_version={manifest.schema_version}")
-    if not (manifest.vehicle_id and manifest.case_id and manifest.request_id):
-        raise codec.Rejected("missing_field", "vehicle_id, case_id and request_id are required")
-    if record.key is not None and record.key != manifest.vehicle_id.encode():
-        raise codec.Rejected("key_mismatch", f"key {record.key!r} != vehicle_id {manifest.vehicle_id!r}")
-    if manifest.tier not in TIERS:
-        raise codec.Rejected("unknown_tier", f"tier={manifest.tier!r}")
-    if manifest.state == uploads_pb2.UPLOAD_STATE_UNSPECIFIED:
-        raise codec.Rejected("missing_field", "state unspecified")
-    if manifest.state == uploads_pb2.UPLOAD_STATE_COMPLETE:
-        if not manifest.uri or manifest.size_bytes == 0:
-            raise codec.Rejected("missing_field", "a complete manifest needs uri and size_bytes")
-        if len(manifest.sha256) != 64 or not set(manifest.sha256) <= SHA256_HEX:
-            raise codec.Rejected("bad_checksum", f"sha256={manifest.sha256!r} is not 64 hex digits")
-    return manifest
+    """An UploadManifest from fleet.uploads.v1, checked (codec.decode_manifest); raises codec.Rejected."""
+    return codec.decode_manifest(record.value, record.key)
 
 
 class CaseAssembler:

@@ -112,20 +112,19 @@ class MetricsSink:
         for record in records:
             try:
                 if record.topic == topics.TRIGGERS:
-                    event = triggers_pb2.TriggerEvent.FromString(record.value)
-                    if not (event.trigger_id and event.vehicle_id and event.onset_ms > 0):
-                        refusals.append(Refusal(record, "missing_field", "trigger_id, vehicle_id and onset_ms"))
-                        continue
-                    triggers.append(event)
+                    # Counting needs ids and an onset only: the case-assembler checks the rest.
+                    triggers.append(codec.decode_trigger(record.value, record.key, strict=False))
                 elif record.topic == topics.CASES:
-                    case = cases_pb2.Case.FromString(record.value)
+                    case = cases_pb2.Case.FromString(codec.check_size(record.topic, record.value))
                     if not case.case_id:
                         refusals.append(Refusal(record, "missing_field", "case_id"))
                         continue
                     cases.append(case)
-                    triggers.extend(t for t in case.triggers if t.trigger_id and t.onset_ms > 0)
+                    triggers.extend(t for t in case.triggers if t.trigger_id and codec.in_time_range(t.onset_ms))
             except DecodeError as exc:
-                refusals.append(Refusal(record, "decode_error", str(exc) or "not a TriggerEvent/Case"))
+                refusals.append(Refusal(record, "decode_error", str(exc) or "not a Case"))
+            except codec.Rejected as rejected:
+                refusals.append(Refusal(record, rejected.reason, rejected.detail))
         if triggers:
             await self.warehouse.ainsert_arrow("trigger_events_metric", trigger_table(triggers))
         if cases:

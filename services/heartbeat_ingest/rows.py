@@ -14,7 +14,6 @@ _TS = pa.timestamp("ms", tz="UTC")
 _SECOND = pa.timestamp("s", tz="UTC")
 
 
-
 def _vehicle_column(ids: Sequence[str], counts: np.ndarray | None = None) -> pa.Array:
     """Vehicle ids as a dictionary array (cheap to build, LowCardinality on the ClickHouse side)."""
     uniq, inverse = np.unique(np.asarray(ids, dtype=object), return_inverse=True)
@@ -67,58 +66,10 @@ def heartbeat_tables(envs: Sequence[common_pb2.Envelope]) -> tuple[pa.Table, pa.
     return ods, dwd
 
 
-def heartbeat_suspects(ods: pa.Table) -> np.ndarray:
-    """Rows of an ods_heartbeat batch that may break a `codec.check_heartbeat` rule.
-
-    The vectorised screen is a superset of the per-message rules; the caller asks
-    `codec.check_heartbeat` about the suspects only, so the rules live in one place.
-    """
-    bad = np.zeros(ods.num_rows, bool)
-    for name in ("speed_mps", "lat_deg", "lon_deg", "x_m", "y_m", "state_of_charge", "odometer_m"):
-        bad |= ~np.isfinite(ods[name].to_numpy())
-    speed = ods["speed_mps"].to_numpy()
-    bad |= ~((speed >= 0) & (speed <= codec.MAX_SPEED_MPS))
-    bad |= ~(np.abs(ods["lat_deg"].to_numpy()) <= 90) | ~(np.abs(ods["lon_deg"].to_numpy()) <= 180)
-    bad |= ~(ods["odometer_m"].to_numpy() >= 0)
-    return bad
-
-
-def pose_columns(batches: Sequence[common_pb2.PoseBatch]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Concatenate pose batches column-wise and screen them all at once.
-
-    Returns (columns over all samples, samples per batch, suspect-batch mask). Suspects may
-    break a rule of `codec.pose_arrays`; the caller asks that function about them, so the
-    vectorised screen and the per-batch rules stay one set of rules.
-    """
-    counts = np.fromiter((b.sample_count for b in batches), np.int64, len(batches))
-    total = int(counts.sum())
-    arrays = {}
-    for name, dtype in codec.POSE_DTYPES.items():
-        raw = b"".join([getattr(b, name) for b in batches])
-        if len(raw) != total * dtype.itemsize:
-            # Some column is short or long, so samples cannot be aligned: every batch is a suspect.
-            return {}, counts, np.ones(len(batches), bool)
-        arrays[name] = np.frombuffer(raw, dtype)
-    owner = np.repeat(np.arange(len(batches)), counts)
-    bad_sample = np.zeros(total, bool)
-    for name, dtype in codec.POSE_DTYPES.items():
-        if dtype.kind == "f":
-            bad_sample |= ~np.isfinite(arrays[name])
-    speed = arrays["speed_mps"]
-    bad_sample |= ~((speed >= 0) & (speed <= codec.MAX_SPEED_MPS))
-    bad_sample |= ~(np.abs(arrays["accel_lon_mps2"]) <= codec.MAX_ACCEL_MPS2)
-    bad_sample |= ~(np.abs(arrays["accel_lat_mps2"]) <= codec.MAX_ACCEL_MPS2)
-    t = arrays["t_ms"]
-    bad_sample |= (t < codec.MIN_EVENT_MS) | (t >= codec.MAX_EVENT_MS)
-    if total > 1:
-        same_batch = owner[1:] == owner[:-1]
-        dt_s = np.diff(t) / 1000.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.hypot(np.diff(arrays["x_m"]), np.diff(arrays["y_m"])) / dt_s
-        bad_sample[1:] |= same_batch & ((dt_s <= 0) | ~(step <= codec.MAX_STEP_SPEED_MPS))
-    bad = np.bincount(owner, weights=bad_sample, minlength=len(batches)) > 0
-    bad |= (counts == 0) | (counts > codec.MAX_SAMPLES_PER_BATCH)
-    return arrays, counts, bad
+# The vectorised screens are the codec's, beside the per-message rules they apply (one statement
+# of each rule); the ingest handler calls them by these names.
+heartbeat_suspects = codec.heartbeat_suspects
+pose_columns = codec.pose_screen
 
 
 def pose_tables(envs: Sequence[common_pb2.Envelope], arrays: dict[str, np.ndarray],
