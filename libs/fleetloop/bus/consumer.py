@@ -1,8 +1,18 @@
-"""The one Kafka helper (aiokafka): a producer, a batched consumer that commits only after
-the batch's effect is durable, and dead-letter publishing.
+"""`BatchConsumer`: consume topics in a group, hand each polled batch to a handler, dead-letter what it
+refuses, commit only after the effect is durable — and never die of a batch.
 
-Delivery is at-least-once: a crash between the effect and the commit replays the batch,
-and the sinks are idempotent, so the effect is exactly once (ARCHITECTURE §5).
+Poison never kills. A tombstone (null value) is dead-lettered as `tombstone` before any handler
+sees it. A handler exception that is transient (retry.is_transient: Redis, ClickHouse, the broker,
+sockets) retries the same batch with exponential backoff and jitter, uncommitted, until it succeeds
+or the consumer is stopped; meanwhile `stalled` names the cause. Any other exception is a property
+of some record: the batch is bisected (the sinks are idempotent and the handlers skip duplicates,
+so re-running a part is harmless) down to the records that raise alone, which are dead-lettered as
+`handler_error` with the exception in `detail`; the rest flows on.
+
+Hooks. `commit_limit() -> {TopicPartition: offset}` bounds how far each assigned partition may be
+committed (state still pending in memory); `align() -> partitions` names those to pause because they
+run ahead in event time (see watermark.Watermark). `lagging` (partitions with records not yet handed
+out) is refreshed before each handler call, for the handler's watermark.
 """
 
 from __future__ import annotations
@@ -10,17 +20,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from fleetloop import topics
-from fleetloop.v1 import deadletter_pb2
+from fleetloop.bus.producer import Bus
+from fleetloop.bus.records import Handler, Record, Refusal
+from fleetloop.bus.retry import BACKOFF, is_transient, stall_reason
 
 log = logging.getLogger(__name__)
 # How long a consumer may take to leave its group on shutdown. aiokafka's stop waits for the group
@@ -30,88 +40,12 @@ log = logging.getLogger(__name__)
 CONSUMER_STOP_TIMEOUT_S = 10.0
 POLL_GRACE_S = 1.0  # beyond a poll's own timeout, before `BatchConsumer.fetch` gives up on a pending rebalance
 
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int
+CommitLimit = Callable[[], Mapping[TopicPartition, int]]
+Align = Callable[[], Iterable[TopicPartition]]
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A record a handler refused: it goes to the dead-letter topic with this reason."""
-
-    record: Record
-    reason: str
-    detail: str = ""
-
-
-Handler = Callable[[list[Record]], Awaitable[Sequence[Refusal]]]
-
-
-async def ensure_topics(bootstrap: str, names: Iterable[str] = topics.ALL,
-                        partitions: int = topics.DEFAULT_PARTITIONS) -> None:
-    """Create the topics that do not exist yet (idempotent)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
-
-
-class Bus:
-    """The producer side: sends awaited until the broker acknowledges them."""
-
-    def __init__(self, bootstrap: str, client_id: str = "fleetloop") -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, client_id=client_id, acks="all",
-            linger_ms=5, max_batch_size=1 << 20, max_request_size=8 << 20,
-        )
-
-    async def start(self) -> None:
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        await self._producer.stop()
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        await self._producer.send_and_wait(topic, value, key=key)
-
-    async def send_many(self, messages: Iterable[tuple[str, bytes | None, bytes]]
-                        | Iterable[tuple[str, bytes | None, bytes, int]]) -> int:
-        """Send (topic, key, value) triples pipelined; returns once all are acknowledged.
-
-        A fourth element, when given, pins the partition (co-partitioned state topics).
-        """
-        futures = [await self._producer.send(m[0], m[2], key=m[1], partition=m[3] if len(m) > 3 else None)
-                   for m in messages]
-        if futures:
-            await asyncio.gather(*futures)
-        return len(futures)
-
-    async def dead_letter(self, refusals: Sequence[Refusal], service: str, watermark_ms: int = 0) -> None:
-        """Publish refused records to loop.deadletter.v1 with their original bytes and reason."""
-        messages = []
-        for refusal in refusals:
-            rec = refusal.record
-            letter = deadletter_pb2.DeadLetter(
-                source_topic=rec.topic, source_partition=rec.partition, source_offset=rec.offset,
-                key=rec.key or b"", original=rec.value, reason=refusal.reason, detail=refusal.detail,
-                service=service, refused_at_ms=watermark_ms,
-            )
-            messages.append((topics.DEADLETTER, rec.key, letter.SerializeToString()))
-        await self.send_many(messages)
+class Abandoned(Exception):
+    """A stalled batch given up because the consumer is stopping: left uncommitted, replayed later."""
 
 
 class _EpochListener(ConsumerRebalanceListener):
@@ -132,7 +66,7 @@ class _EpochListener(ConsumerRebalanceListener):
 
 
 class BatchConsumer:
-    """Consume `topics` in group `group_id` and hand each polled batch to `handler`.
+    """Consume `topics` in group `group_id` and hand each polled batch to `handler` (module doc).
 
     The handler performs the batch's effect (inserts, state updates) and returns the records
     it refused; those go to the dead-letter topic; only then are offsets committed. A batch
@@ -146,7 +80,8 @@ class BatchConsumer:
     def __init__(self, *, bootstrap: str, group_id: str, topic_names: Sequence[str], handler: Handler,
                  bus: Bus, service: str, batch_max: int = 5000, poll_ms: int = 200,
                  client_id: str | None = None, assignor: type[AbstractPartitionAssignor] | None = None,
-                 listener: ConsumerRebalanceListener | None = None) -> None:
+                 listener: ConsumerRebalanceListener | None = None, commit_limit: CommitLimit | None = None,
+                 align: Align | None = None) -> None:
         self.handler = handler
         self.group_id = group_id
         self.topic_names = list(topic_names)
@@ -154,11 +89,17 @@ class BatchConsumer:
         self.service = service
         self.batch_max = batch_max
         self.poll_ms = poll_ms
+        self.commit_limit = commit_limit
+        self.align = align
         self.records_done = 0
         self.records_by_topic: Counter[str] = Counter()
         self.refused = 0
         self.rebalances = 0
         self.in_flight = 0  # records of the batch being handled: fetched (so past the position) but not done
+        self.stalled: str | None = None  # None when healthy, else what the current batch waits for
+        self.lagging: set[TopicPartition] = set()
+        self._stop = asyncio.Event()
+        self._committed: dict[TopicPartition, int] = {}
         self._listener = _EpochListener(self, listener)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group_id,
@@ -205,6 +146,9 @@ class BatchConsumer:
         self.in_flight = len(records)
         try:
             await self.handle_batch(polled, records, epoch)
+        except Abandoned:
+            log.info("%s: stopping while stalled; the batch is left uncommitted", self.service)
+            return 0
         finally:
             self.in_flight = 0
         return len(records)
@@ -212,24 +156,102 @@ class BatchConsumer:
     async def handle_batch(self, polled: dict[TopicPartition, list], records: list[Record], epoch: int) -> None:
         """Hand `records` (the batch `polled`, by partition) to the handler, dead-letter its refusals and
         commit, unless the group rebalanced since `epoch` (the rebalance count before the fetch)."""
-        refusals = await self.handler(records)
+        self.lagging = await self._lagging()
+        tombstones = [Refusal(Record(r.topic, r.partition, r.offset, r.key, b"", r.timestamp_ms), "tombstone",
+                              "null value") for r in records if r.value is None]
+        refusals = tombstones + await self._handle([r for r in records if r.value is not None])
         if refusals:
-            await self.bus.dead_letter(refusals, self.service)
+            await self._retrying(lambda: self.bus.dead_letter(refusals, self.service))
             self.refused += len(refusals)
         if epoch != self.rebalances:
             log.info("%s: the group rebalanced during a batch; it is left uncommitted", self.service)
             return
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+        await self._commit(polled)
+        self.records_done += len(records)
+        self.records_by_topic.update(r.topic for r in records)
+        if self.align is not None:
+            self._pause_ahead(set(self.align()))
+
+    async def _handle(self, records: list[Record]) -> list[Refusal]:
+        """The handler's refusals for `records`; a record whose handling raises is one (bisection)."""
+        if not records:
+            return []
+        try:
+            return list(await self._retrying(lambda: self.handler(records)))
+        except Abandoned:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of one record must not end the service
+            if len(records) > 1:
+                middle = len(records) // 2
+                return await self._handle(records[:middle]) + await self._handle(records[middle:])
+            record = records[0]
+            log.warning("%s: handler raised on %s/%d@%d: %r", self.service, record.topic, record.partition,
+                        record.offset, exc)
+            return [Refusal(record, "handler_error", f"{type(exc).__name__}: {exc}"[:4096])]
+
+    async def _retrying(self, call):
+        """Await `call()`, retrying transient errors with backoff until it succeeds or stop is set."""
+        retrying = AsyncRetrying(retry=retry_if_exception(is_transient), wait=BACKOFF,
+                                 stop=lambda _state: self._stop.is_set(), before_sleep=self._on_stall, reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await call()
+        except Exception as exc:
+            if is_transient(exc):
+                raise Abandoned(stall_reason(exc)) from exc
+            raise
+        if self.stalled is not None:
+            log.warning("%s: resumed after stall (%s)", self.service, self.stalled)
+            self.stalled = None
+        return result
+
+    def _on_stall(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception()
+        self.stalled = stall_reason(exc)
+        log.warning("%s: stalled (%s: %s), try %d; retrying in %.1f s", self.service, self.stalled, exc,
+                    state.attempt_number, state.next_action.sleep if state.next_action else 0.0)
+
+    async def _commit(self, polled: dict[TopicPartition, list]) -> None:
+        """Commit the batch, or with `commit_limit` every assigned partition up to its limit."""
+        if self.commit_limit is None:
+            offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+        else:
+            # Every assigned partition, not only those in this batch: state that was pending may
+            # have been released by records of other partitions.
+            limit = self.commit_limit()
+            offsets = {}
+            for tp in self._consumer.assignment():
+                position = await self._consumer.position(tp)
+                offset = min(position, limit.get(tp, position))
+                if self._committed.get(tp) != offset:
+                    offsets[tp] = offset
+        if not offsets:
+            return
         try:
             await self._consumer.commit(offsets)
+            self._committed.update(offsets)
         except CommitFailedError:
             # A rebalance took the partitions away; the new owner replays from the last
             # commit and the idempotent sinks absorb the repeat.
             log.warning("%s: commit failed after rebalance; batch will be replayed", self.service)
-        self.records_done += len(records)
-        self.records_by_topic.update(r.topic for r in records)
+
+    def _pause_ahead(self, ahead: set) -> None:
+        assigned = self._consumer.assignment()
+        self._consumer.pause(*(tp for tp in assigned if tp in ahead))
+        self._consumer.resume(*(tp for tp in assigned if tp not in ahead))
+
+    async def _lagging(self) -> set[TopicPartition]:
+        """Assigned partitions with records not yet handed to the handler (or not yet fetched)."""
+        lagging = set()
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or await self._consumer.position(tp) < highwater:
+                lagging.add(tp)
+        return lagging
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         await self.start()
         try:
             while not stop.is_set():

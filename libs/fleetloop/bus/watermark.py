@@ -1,0 +1,113 @@
+"""Event time at the edge: `Watermark` aligns sources read at different paces, `FleetClock` judges
+each vehicle's clock and keeps a fleet watermark that one vehicle cannot move.
+
+Watermark — the one idle rule. A source (a topic partition) holds the watermark at the newest event
+time it has delivered while it still has records to read (it is *lagging*: position below the fetch
+high watermark, or not fetched yet). A source with nothing more to read is *idle* once its newest
+time is more than `idle_after_ms` behind the newest of all sources (0: at once; None: never idle).
+The watermark is the minimum over the sources that hold it; when none holds, the newest of all.
+A lagging source that has delivered nothing yet holds it at NO_DATA. Sources running more than an
+alignment window ahead of the watermark are to be paused while another source lags (`ahead`), so
+state buffered while waiting for the slow source stays bounded.
+
+FleetClock — forged clocks. Each vehicle's newest accepted event time is kept; the fleet watermark W
+is the median of those newest times (recomputed once per batch, `advance`), so fewer than half of
+the vehicles cannot move it however far their clocks run. A record at event time t, appended by the
+broker at time a, is refused as
+  * `future_timestamp` when t > a + max_ahead (ahead of the broker's own clock; a <= 0: unknown), or
+    t > R + max_ahead with R = W once known, else the vehicle's own newest time;
+  * `stale_timestamp` when t < max(own newest, W) - max_behind.
+Bound: W never exceeds the newest accepted time of the median vehicle, and every accepted time is at
+most a + max_ahead, so a forged clock moves neither W nor any other vehicle's judgement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from fleetloop import codec
+
+NO_DATA = -1  # the watermark a lagging source holds before it delivered anything
+
+
+class Watermark:
+    """Event-time watermark (epoch ms) over sources; see the module doc for the idle rule."""
+
+    def __init__(self, idle_after_ms: int | None = 0) -> None:
+        self.idle_after_ms = idle_after_ms
+        self.newest: dict[Hashable, int] = {}
+
+    def observe(self, source: Hashable, event_ms: int) -> None:
+        """Account for one record of `source` at `event_ms`."""
+        if event_ms > self.newest.get(source, NO_DATA):
+            self.newest[source] = event_ms
+
+    def keep(self, sources: Iterable[Hashable]) -> None:
+        """Forget every source not in `sources` (after a rebalance took them away)."""
+        kept = set(sources)
+        self.newest = {s: t for s, t in self.newest.items() if s in kept}
+
+    def value(self, lagging: set, sources: Iterable[Hashable] | None = None) -> int | None:
+        """The watermark over `sources` (default: every observed one), given the `lagging` sources
+        (those with records still to read). None when none of them has delivered or lags."""
+        scope = list(self.newest) if sources is None else list(sources)
+        times = {s: self.newest[s] for s in scope if s in self.newest}
+        holding = [times.get(s, NO_DATA) for s in scope if s in lagging]
+        if not times:
+            return NO_DATA if holding else None
+        latest = max(times.values())
+        if self.idle_after_ms is not None:
+            holding += [t for s, t in times.items() if s not in lagging and t >= latest - self.idle_after_ms]
+        else:
+            holding += [t for s, t in times.items() if s not in lagging]
+        return min(holding)
+
+    def ahead(self, align_ms: int, lagging: set, sources: Iterable[Hashable] | None = None) -> set:
+        """Sources more than `align_ms` ahead of the watermark while some source lags (to pause)."""
+        scope = list(self.newest) if sources is None else list(sources)
+        if not lagging.intersection(scope):
+            return set()
+        watermark = self.value(lagging, scope)
+        if watermark is None or watermark == NO_DATA:
+            return set()
+        return {s for s in scope if self.newest.get(s, NO_DATA) > watermark + align_ms}
+
+
+class FleetClock:
+    """Per-vehicle plausibility of event times and the fleet's bulk watermark (see module doc)."""
+
+    def __init__(self, max_ahead_ms: int = codec.MAX_AHEAD_OF_WATERMARK_MS,
+                 max_behind_ms: int = codec.MAX_BEHIND_WATERMARK_MS) -> None:
+        self.max_ahead_ms = max_ahead_ms
+        self.max_behind_ms = max_behind_ms
+        self.newest: dict[str, int] = {}
+        self.watermark_ms = 0  # W, epoch ms; 0 until a batch was accepted
+
+    def check(self, vehicle_id: str, event_ms: int, append_ms: int) -> None:
+        """Raise codec.Rejected when `event_ms` of `vehicle_id`, appended at `append_ms`, is implausible."""
+        if append_ms > 0 and event_ms > append_ms + self.max_ahead_ms:
+            raise codec.Rejected("future_timestamp",
+                                 f"{(event_ms - append_ms) / 1000:.0f} s ahead of the broker's append time")
+        own = self.newest.get(vehicle_id, 0)
+        reference = self.watermark_ms or own
+        if reference and event_ms > reference + self.max_ahead_ms:
+            raise codec.Rejected("future_timestamp", f"{(event_ms - reference) / 1000:.0f} s ahead of the fleet")
+        floor = max(own, self.watermark_ms)
+        if floor and event_ms < floor - self.max_behind_ms:
+            raise codec.Rejected("stale_timestamp", f"{(floor - event_ms) / 1000:.0f} s behind")
+
+    def observe(self, vehicle_id: str, event_ms: int) -> None:
+        """Account for an accepted record."""
+        if event_ms > self.newest.get(vehicle_id, 0):
+            self.newest[vehicle_id] = event_ms
+
+    def newest_of(self, vehicle_id: str) -> int:
+        """The vehicle's newest accepted event time (0: none)."""
+        return self.newest.get(vehicle_id, 0)
+
+    def advance(self) -> int:
+        """Recompute W, the median of the vehicles' newest times (call once per batch); returns it."""
+        if self.newest:
+            times = sorted(self.newest.values())
+            self.watermark_ms = max(self.watermark_ms, times[(len(times) - 1) // 2])
+        return self.watermark_ms
