@@ -1,6 +1,6 @@
 """fleet.pose.v1: PoseBatch columns (packed little-endian arrays) and their rules, stated once as
-vectorised rules over samples. `pose_screen` applies them to many batches at once and names the
-first rule each batch breaks; `pose_arrays` applies the same rules to one batch and raises."""
+vectorised rules over samples. `pose_screen` applies them to many batches at once and flags the
+batches that break one; `pose_arrays` applies the same rules to one batch and raises the first."""
 
 from __future__ import annotations
 
@@ -23,31 +23,41 @@ POSE_DTYPES: dict[str, np.dtype] = {
 }
 GEARS = (-1, 0, 1)  # reverse, neutral/park, drive
 MODES = tuple(common_pb2.DrivingMode.values())
-# Lookup tables over every value of the column's dtype (u1 mode; i1 gear, offset by 128): one
-# gather instead of a set test per sample.
+# Lookup tables over the 256 byte values of a column (u1 mode; i1 gear read as u1, so -1 is 255):
+# one gather instead of a set test per sample.
 _MODE_DECLARED = np.isin(np.arange(256), MODES)
-_GEAR_DECLARED = np.isin(np.arange(-128, 128), GEARS)
+_GEAR_DECLARED = np.isin(np.arange(256).astype(np.uint8).view(np.int8), GEARS)
 
-# A rule: sample columns and a mask "sample i follows sample i-1 in the same batch" (length n-1)
-# -> a bool mask over samples that break it.
-SampleRule = Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]
+_F8 = tuple(name for name, dtype in POSE_DTYPES.items() if dtype == np.dtype("<f8"))
+_F4 = tuple(name for name, dtype in POSE_DTYPES.items() if dtype == np.dtype("<f4"))
+
+# A rule: sample columns and `same`, a mask "sample i follows sample i-1 in the same batch"
+# (length n-1; None when all samples are one batch) -> a bool mask over samples that break it.
+SampleRule = Callable[[Mapping[str, np.ndarray], np.ndarray | None], np.ndarray]
+
+
+def _step(column: np.ndarray) -> np.ndarray:
+    """Differences of consecutive samples (np.diff without its per-call overhead)."""
+    return column[1:] - column[:-1]
 
 
 def _non_finite(cols, _same) -> np.ndarray:
-    bad = np.zeros(len(cols["t_ms"]), bool)
-    for name, dtype in POSE_DTYPES.items():
-        if dtype.kind == "f":
-            bad |= ~np.isfinite(cols[name])
+    # One isfinite per dtype over the columns laid end to end: a call per column cost more than the rest.
+    ok = True
+    for names in (_F8, _F4):
+        ok = ok & np.isfinite(np.concatenate([cols[name] for name in names])).reshape(len(names), -1).all(axis=0)
+    return ~ok
+
+
+def _after(same: np.ndarray | None, step_bad: np.ndarray) -> np.ndarray:
+    """A per-step fault (between sample i-1 and i) as a mask over samples (sample i)."""
+    bad = np.zeros(len(step_bad) + 1, bool)
+    bad[1:] = step_bad if same is None else same & step_bad
     return bad
 
 
-def _after(same: np.ndarray, step_bad: np.ndarray) -> np.ndarray:
-    """A per-step fault (between sample i-1 and i) as a mask over samples (sample i)."""
-    return np.concatenate([[False], same & step_bad])
-
-
 def _not_increasing(cols, same) -> np.ndarray:
-    return _after(same, np.diff(cols["t_ms"]) <= 0)
+    return _after(same, _step(cols["t_ms"]) <= 0)
 
 
 def _bad_time(cols, _same) -> np.ndarray:
@@ -65,17 +75,16 @@ def _bad_accel(cols, _same) -> np.ndarray:
     return ~((np.abs(cols["accel_lon_mps2"]) <= limit) & (np.abs(cols["accel_lat_mps2"]) <= limit))
 
 
-def _step_speed_mps(cols) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.hypot(np.diff(cols["x_m"]), np.diff(cols["y_m"])) / (np.diff(cols["t_ms"]) / 1000.0)
-
-
 def _position_jump(cols, same) -> np.ndarray:
-    return _after(same, ~(_step_speed_mps(cols) <= LIMITS.motion.max_step_speed_mps))
+    # step_m / dt_s <= max, compared as (1000 step_m)² <= (max dt_ms)²: no division (exact at the
+    # boundary, no warnings where dt is 0 between batches; dt <= 0 is _not_increasing's fault).
+    dx, dy = _step(cols["x_m"]), _step(cols["y_m"])
+    reach = LIMITS.motion.max_step_speed_mps * _step(cols["t_ms"])
+    return _after(same, ~((dx * dx + dy * dy) * 1e6 <= reach * reach))
 
 
 def _bad_enum(cols, _same) -> np.ndarray:
-    return ~_MODE_DECLARED[cols["mode"]] | ~_GEAR_DECLARED[cols["gear"].astype(np.int16) + 128]
+    return ~(_MODE_DECLARED[cols["mode"]] & _GEAR_DECLARED[cols["gear"].view(np.uint8)])
 
 
 # In the order a batch is judged: the first rule it breaks is its reason.
@@ -88,7 +97,6 @@ RULES: tuple[tuple[str, SampleRule], ...] = (
     ("position_jump", _position_jump),
     ("out_of_range", _bad_enum),
 )
-PASSED = len(RULES)  # the rule index of a batch that breaks none
 
 
 def pose_batch(columns: Mapping[str, np.ndarray]) -> common_pb2.PoseBatch:
@@ -121,25 +129,11 @@ def check_sample_count(pose: common_pb2.PoseBatch) -> None:
         raise Rejected("bad_shape", f"{pose.sample_count} samples in one pose batch")
 
 
-def rule_index(cols: Mapping[str, np.ndarray], counts: np.ndarray) -> np.ndarray:
-    """Per batch, the index in RULES of the first rule it breaks (PASSED when none).
-
-    cols: the batches' sample columns concatenated; counts: samples per batch, each > 0.
-    """
-    owner = np.repeat(np.arange(len(counts)), counts)
-    same = owner[1:] == owner[:-1]
-    first = np.full(len(owner), PASSED)
-    for index in range(len(RULES) - 1, -1, -1):  # last rule first, so earlier rules overwrite it
-        first[RULES[index][1](cols, same)] = index
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.minimum.reduceat(first, starts) if len(counts) else first[:0]
-
-
 def pose_screen(batches: Sequence[common_pb2.PoseBatch]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Concatenate pose batches column-wise and judge them all at once.
 
     Returns (columns over all samples, samples per batch, suspect-batch mask). A suspect is
-    exactly a batch `pose_arrays` rejects (ask it for the reason and detail). When a column of
+    exactly a batch `pose_arrays` rejects (ask it for the reason and detail): the same RULES. When a column of
     some batch has the wrong length, samples cannot be aligned: ({}, counts, all suspects).
     """
     counts = np.fromiter((b.sample_count for b in batches), np.int64, len(batches))
@@ -154,7 +148,13 @@ def pose_screen(batches: Sequence[common_pb2.PoseBatch]) -> tuple[dict[str, np.n
     if bad_count.any():
         # Column lengths agree in total only; judge the batches one by one.
         return arrays, counts, np.ones(len(batches), bool)
-    return arrays, counts, rule_index(arrays, counts) != PASSED
+    owner = np.repeat(np.arange(len(batches)), counts)
+    same = owner[1:] == owner[:-1]
+    bad_sample = np.zeros(total, bool)
+    for _, rule in RULES:
+        bad_sample |= rule(arrays, same)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return arrays, counts, np.logical_or.reduceat(bad_sample, starts) if len(batches) else bad_sample[:0]
 
 
 def pose_arrays(pose: common_pb2.PoseBatch) -> dict[str, np.ndarray]:
@@ -162,17 +162,15 @@ def pose_arrays(pose: common_pb2.PoseBatch) -> dict[str, np.ndarray]:
     raises Rejected with the first rule of RULES it breaks."""
     check_sample_count(pose)
     cols = pose_columns(pose)
-    same = np.ones(pose.sample_count - 1, bool)
     for reason, rule in RULES:
-        if rule(cols, same).any():
+        if rule(cols, None).any():
             raise Rejected(reason, _detail(rule, cols))
     return cols
 
 
 def _detail(rule: SampleRule, cols: Mapping[str, np.ndarray]) -> str:
     """What a batch's broken rule found, for the dead letter."""
-    same = np.ones(len(cols["t_ms"]) - 1, bool)  # one batch: every step is within it
-    at = int(np.argmax(rule(cols, same)))
+    at = int(np.argmax(rule(cols, None)))
     t = cols["t_ms"]
     if rule is _position_jump:
         step_m = float(np.hypot(cols["x_m"][at] - cols["x_m"][at - 1], cols["y_m"][at] - cols["y_m"][at - 1]))
