@@ -4,11 +4,13 @@ priority order and the upload lifecycle (no servers)."""
 from __future__ import annotations
 
 import pytest
+from fleetloop.config import ConfigError
 from fleetloop.v1 import cases_pb2, common_pb2, triggers_pb2, uploads_pb2
+from fleetloop.vehicle.params import load_vehicle_params
 
 from services.case_assembler import assembly
 from services.case_assembler.assembly import DayUsage, VehicleLink
-from services.case_assembler.policy import load_policy
+from services.case_assembler.policy import DEFAULT_PATH, load_policy
 
 T0 = 1_780_293_600_000
 MPS, MPD, MPI, INFO = (triggers_pb2.TRIGGER_CATEGORY_MPS, triggers_pb2.TRIGGER_CATEGORY_MPD,
@@ -202,3 +204,25 @@ def test_adjudication_is_a_new_revision_carrying_verdict_and_responsibility(poli
     assert case.revision == revision + 1
     assert (case.adjudication.verdict, case.adjudication.responsibility) == (cases_pb2.VERDICT_DANGEROUS,
                                                                              cases_pb2.RESPONSIBILITY_OURS)
+
+
+def test_raw_tier_reserves_the_vehicles_declared_raw_volume(policy):
+    # One statement of the ~4 GB per vehicle-minute: vehicle.yaml; the policy follows it.
+    declared = load_vehicle_params()
+    assert policy.tier("raw").estimate_bytes_per_s == declared.raw_bytes_per_minute / 60
+    half = declared.model_copy(update={"raw_bytes_per_minute": declared.raw_bytes_per_minute / 2})
+    assert load_policy(vehicle=half).tier("raw").estimate_bytes_per_s == policy.tier("raw").estimate_bytes_per_s / 2
+    assert load_policy(vehicle=half).tier("minilog") == policy.tier("minilog")  # a stated estimate stays
+
+
+def test_bad_policy_value_names_file_and_key_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"policy\.yaml: budget\.max_in_flight: .*greater than or equal to 1"):
+        load_policy(overrides={"budget": {"max_in_flight": 0}})
+    with pytest.raises(ConfigError, match=r"policy\.yaml: lifecycle\.answer_timeout_minutes: unknown key"):
+        load_policy(overrides={"lifecycle": {"answer_timeout_minutes": 10}})
+    with pytest.raises(ConfigError, match=r"category_bonus\.MPX: not an allowed key: .*\(got .MPX.\)"):
+        load_policy(overrides={"priority": {"category_bonus": {"MPX": 1.0}}})
+    path = tmp_path / "policy.yaml"
+    path.write_text(DEFAULT_PATH.read_text().replace("tier: raw", "tier: huge"))
+    with pytest.raises(ConfigError, match=rf"{path}: \(top level\): .*unknown tier 'huge'"):
+        load_policy(path)

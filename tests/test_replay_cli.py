@@ -14,7 +14,8 @@ from fleetloop.cli import app
 from fleetloop.replay.pair import pair_from_bytes, pair_to_scenario
 from fleetloop.sim import FleetSimulator, ScheduledIncident, SimConfig
 from fleetloop.v1 import common_pb2, uploads_pb2
-from fleetloop.vehicle import RingBuffer, Uploader, VehicleParams, open_store, write_mcap
+from fleetloop.vehicle import RingBuffer, Uploader, open_store, write_mcap
+from fleetloop.vehicle.params import load_vehicle_params
 from scenariogeneration import xosc
 from typer.testing import CliRunner
 
@@ -31,7 +32,7 @@ def minilog(tmp_path_factory):
     """The minilog a vehicle uploads for a simulated hard brake (10 s before, 5 s after), as a file."""
     sim = FleetSimulator(SimConfig(vehicles=2, duration_s=150, seed=3,
                                    incidents=[ScheduledIncident("hard_brake", 0, 60)]))
-    buffer = RingBuffer(VehicleParams().ring_capacity_s)
+    buffer = RingBuffer(load_vehicle_params().ring_capacity_s)
     for second in sim.seconds():
         for topic, env in second.messages:
             if env.vehicle_id == VEHICLE:
@@ -42,7 +43,7 @@ def minilog(tmp_path_factory):
     request = uploads_pb2.UploadRequest(request_id="req-1", case_id="case-hb", tier="minilog",
                                         window_start_ms=incident.start_ms - 10_000,
                                         window_end_ms=incident.start_ms + 5_000, attempt=1)
-    _, complete = Uploader(store, VehicleParams()).answer(VEHICLE, buffer, request)
+    _, complete = Uploader(store, load_vehicle_params()).answer(VEHICLE, buffer, request)
     path = folder / "case-hb.mcap"
     path.write_bytes(store.get(complete.uri))
     return path

@@ -22,7 +22,8 @@ from fleetloop.replay.minilog import (
 from fleetloop.replay.scenario import EGO, AgentClass, MapKind, ScenarioError
 from fleetloop.sim import FleetSimulator, ScheduledIncident, SimConfig
 from fleetloop.v1 import common_pb2, uploads_pb2
-from fleetloop.vehicle import RingBuffer, Uploader, VehicleParams, open_store, read_mcap, write_mcap
+from fleetloop.vehicle import RingBuffer, Uploader, open_store, read_mcap, write_mcap
+from fleetloop.vehicle.params import load_vehicle_params
 
 from tests.fleetdata import T0_MS, drive
 
@@ -37,7 +38,7 @@ def fleet(tmp_path_factory):
     sim = FleetSimulator(SimConfig(vehicles=2, duration_s=150, seed=3,
                                    incidents=[ScheduledIncident("hard_brake", 0, 60)]))
     recorder = TruthRecorder(sim, [VEHICLE])
-    buffer = RingBuffer(VehicleParams().ring_capacity_s)
+    buffer = RingBuffer(load_vehicle_params().ring_capacity_s)
     for second in recorder.seconds():
         for topic, env in second.messages:
             if env.vehicle_id == VEHICLE:
@@ -47,7 +48,7 @@ def fleet(tmp_path_factory):
     request = uploads_pb2.UploadRequest(request_id="req-1", case_id="case-hb", tier="minilog",
                                         window_start_ms=incident.start_ms - 10_000,
                                         window_end_ms=incident.start_ms + 5_000, attempt=1)
-    _, complete = Uploader(store, VehicleParams()).answer(VEHICLE, buffer, request)
+    _, complete = Uploader(store, load_vehicle_params()).answer(VEHICLE, buffer, request)
     assert complete.state == uploads_pb2.UPLOAD_STATE_COMPLETE
     return sim, recorder, incident, store.get(complete.uri)
 

@@ -8,15 +8,17 @@ import io
 
 import pytest
 from fleetloop import topics
+from fleetloop.config import ConfigError
 from fleetloop.v1 import common_pb2, uploads_pb2
-from fleetloop.vehicle import FileObjectStore, RingBuffer, Uploader, VehicleParams, open_store, read_mcap
+from fleetloop.vehicle import FileObjectStore, RingBuffer, Uploader, open_store, read_mcap
 from fleetloop.vehicle.logs import tier_messages
+from fleetloop.vehicle.params import load_vehicle_params
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
 
 from tests.fleetdata import T0_MS, drive
 
-PARAMS = VehicleParams(ring_capacity_s=120.0, raw_bytes_per_s=4e9 / 60)
+PARAMS = load_vehicle_params().model_copy(update={"ring_capacity_s": 120.0})
 
 
 def perception(vehicle_id: str, t_ms: int) -> common_pb2.Envelope:
@@ -134,3 +136,15 @@ def test_file_store_stays_inside_its_root_and_s3_is_named_not_silently_ignored(t
         store.get((tmp_path / "elsewhere").as_uri())
     with pytest.raises(ValueError, match="s3"):
         open_store("s3://bucket/prefix")
+
+
+def test_vehicle_params_come_from_vehicle_yaml_and_bad_values_name_their_key(tmp_path):
+    params = load_vehicle_params()
+    assert (params.ring_capacity_s, params.raw_bytes_per_s) == (900.0, 4e9 / 60)
+    path = tmp_path / "vehicle.yaml"
+    path.write_text("ring_buffer: {capacity_s: -1}\nraw: {bytes_per_minute: 4.0e9, per_hour: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_vehicle_params(path)
+    assert str(err.value).splitlines() == [
+        f"{path}: ring_buffer.capacity_s: Input should be greater than 0 (got -1)",
+        f"{path}: raw.per_hour: unknown key"]

@@ -72,6 +72,9 @@ def describe_errors(exc: ValidationError, *, source: str, prefix: str = "",
     lines = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
+        # pydantic marks a bad mapping key by a trailing "[key]"; the path already ends in that key.
+        bad_key = loc[-1:] == ["[key]"]
+        loc = loc[:-1] if bad_key else loc
         if rename and loc:
             loc[0] = rename.get(loc[0], loc[0])
         path = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
@@ -80,7 +83,8 @@ def describe_errors(exc: ValidationError, *, source: str, prefix: str = "",
         elif error["type"] == "missing":
             lines.append(f"{source}: {path}: required key is missing")
         else:
-            lines.append(f"{source}: {path}: {error['msg']} (got {_short(error.get('input'))})")
+            what = f"not an allowed key: {error['msg']}" if bad_key else error["msg"]
+            lines.append(f"{source}: {path}: {what} (got {_short(error.get('input'))})")
     return "\n".join(lines)
 
 
