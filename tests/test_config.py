@@ -117,3 +117,10 @@ def test_settings_read_every_variable(tmp_path: Path) -> None:
 def test_settings_bad_variable_is_named() -> None:
     with pytest.raises(ConfigError, match="environment: FLEETLOOP_GRPC_PORT: .*integer"):
         Settings.from_env({"FLEETLOOP_GRPC_PORT": "port"})
+
+
+def test_replay_config_refuses_an_unknown_section_naming_the_file() -> None:
+    from fleetloop.replay.config import DEFAULT_PATH, load_config
+
+    with pytest.raises(ConfigError, match=rf"{DEFAULT_PATH}: serach: unknown key"):
+        load_config(overrides={"serach": {"method": "mppi"}})

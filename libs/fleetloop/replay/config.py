@@ -9,48 +9,64 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+from pydantic import PrivateAttr, model_validator
 
+from fleetloop.config import ConfigError, ConfigModel, safe_load, validate
 from fleetloop.triggers.config import merge
 
 DEFAULT_PATH = Path(__file__).with_name("replay.yaml")
-SECTIONS = ("version", "device", "scenario", "dynamics", "agents", "costs", "aggregate", "search", "pareto",
-            "robustness", "codec", "policies")
+
+Section = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ReplayConfig:
-    """The effective replay configuration: one mapping per section of `replay.yaml`; `version` is the
-    file's version plus a hash of the effective content."""
+class ReplayConfig(ConfigModel):
+    """The effective replay configuration: one mapping per section of `replay.yaml` (each module of the
+    replay reads and checks its own section); `version` is the file's version plus a hash of the
+    effective content. A missing or unknown section is a ConfigError naming the file."""
 
     version: str
-    sections: Mapping[str, Any]
+    device: str
+    scenario: Section
+    dynamics: Section
+    agents: Section
+    costs: Section
+    aggregate: Section
+    search: Section
+    pareto: Section
+    robustness: Section
+    codec: Section
+    policies: Section
+    _source: str = PrivateAttr(default="replay config")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_with_content_hash(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and "version" in raw:
+            digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            return {**raw, "version": f"{raw['version']}+{digest}"}
+        return raw
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> ReplayConfig:
-        """Validate a parsed configuration. Raises ValueError on a missing or unknown section."""
-        missing = [k for k in SECTIONS if k not in raw]
-        unknown = sorted(set(raw) - set(SECTIONS))
-        if missing or unknown:
-            raise ValueError(f"replay config: missing sections {missing}, unknown sections {unknown}")
-        digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        return cls(version=f"{raw['version']}+{digest}", sections=dict(raw))
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "replay config") -> ReplayConfig:
+        """Validate a parsed configuration. Raises ConfigError on a missing or unknown section."""
+        config = validate(raw, cls, source=source)
+        config._source = source
+        return config
 
     def section(self, name: str) -> Any:
-        return self.sections[name]
+        return getattr(self, name)
 
     def section_fields(self, name: str, names: Iterable[str]) -> dict[str, Any]:
         """A copy of section `name` whose keys are exactly `names` (a settings dataclass's fields);
-        ValueError naming the missing and unknown keys otherwise."""
-        raw, names = dict(self.sections[name]), set(names)
+        ConfigError naming the missing and unknown keys otherwise."""
+        raw, names = dict(self.section(name)), set(names)
         missing, unknown = sorted(names - set(raw)), sorted(set(raw) - names)
         if missing or unknown:
-            raise ValueError(f"replay config {name}: missing keys {missing}, unknown keys {unknown}")
+            raise ConfigError(f"{self._source}: {name}: missing keys {missing}, unknown keys {unknown}")
         return raw
 
 
@@ -59,8 +75,9 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
 
     Example: ``load_config(overrides={"search": {"method": "mppi"}})``.
     """
-    raw = yaml.safe_load((path or DEFAULT_PATH).read_text())
-    return ReplayConfig.from_mapping(merge(raw, overrides or {}))
+    path = path or DEFAULT_PATH
+    raw = safe_load(path.read_text(encoding="utf-8"), source=str(path))
+    return ReplayConfig.from_mapping(merge(raw or {}, overrides or {}), source=str(path))
 
 
 def resolve_device(name: str) -> torch.device:
