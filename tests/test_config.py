@@ -124,3 +124,12 @@ def test_replay_config_refuses_an_unknown_section_naming_the_file() -> None:
 
     with pytest.raises(ConfigError, match=rf"{DEFAULT_PATH}: serach: unknown key"):
         load_config(overrides={"serach": {"method": "mppi"}})
+
+
+def test_taxonomy_entry_of_the_wrong_shape_names_its_key_path(tmp_path: Path) -> None:
+    from fleetloop.labels.taxonomy import DEFAULT_PATH, load_taxonomy
+
+    path = tmp_path / "taxonomy.yaml"
+    path.write_text(DEFAULT_PATH.read_text(encoding="utf-8").replace("bit: 2,", "bit: two,", 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{path}: tags\.\d+\.bit: .*valid integer"):
+        load_taxonomy(path)

@@ -1,7 +1,8 @@
 """The label taxonomy: tag names, their stable bit positions, numeric values and thresholds.
 
-`load_taxonomy()` reads the packaged `taxonomy.yaml` (or a given file) at the edge;
-`parse_taxonomy(mapping)` is the pure validation behind it. See the YAML header for the
+`load_taxonomy()` reads the packaged `taxonomy.yaml` (or a given file) at the edge through the one
+loader (`fleetloop.config`); `parse_taxonomy(mapping)` is the pure validation behind it: the entries'
+shapes by their models, the file's cross-entry rules (unique names and bits, ...) here. See the YAML header for the
 versioning rule (per-row `known` bitset; tags newer than a row are unknown for it).
 """
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import Field
+
+from fleetloop.config import ConfigError, ConfigModel, safe_load, validate
 
 DEFAULT_PATH = Path(__file__).with_name("taxonomy.yaml")
 WORD_BITS = 64
@@ -22,12 +25,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 _COLUMN = re.compile(r"^v_[a-z0-9_]+$")
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(ConfigError):
     """The taxonomy file breaks one of its rules (duplicate bit, bad name, …)."""
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(ConfigModel):
     """One boolean tag: `bit` is its position in the row bitset (word `bit // 64`)."""
 
     name: str
@@ -48,8 +50,7 @@ class Tag:
         return 1 << (self.bit % WORD_BITS)
 
 
-@dataclass(frozen=True)
-class NumericTag:
+class NumericTag(ConfigModel):
     """One numeric value per second, stored in Float32 column `column` (NaN = unknown)."""
 
     name: str
@@ -108,26 +109,26 @@ class Taxonomy:
         return value
 
 
-def parse_taxonomy(data: Mapping[str, Any]) -> Taxonomy:
+class TaxonomyFile(ConfigModel):
+    """taxonomy.yaml as written."""
+
+    version: int = Field(ge=1)
+    word_count: int = Field(ge=1)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    tags: tuple[Tag, ...]
+    numeric: tuple[NumericTag, ...] = ()
+
+
+def parse_taxonomy(data: Mapping[str, Any], *, source: str = "taxonomy") -> Taxonomy:
     """Validate a taxonomy mapping (the YAML's content) and build a `Taxonomy`.
 
-    Raises TaxonomyError on duplicate names/bits/columns, bits beyond `word_count` words,
-    `since` later than `version`, or names the query language could not spell.
+    Raises ConfigError naming the key path of a malformed entry, and TaxonomyError on duplicate
+    names/bits/columns, bits beyond `word_count` words, `since` later than `version`, or names the
+    query language could not spell.
     """
-    version = int(data["version"])
-    word_count = int(data["word_count"])
-    tags = tuple(
-        Tag(name=t["name"], bit=int(t["bit"]), family=t["family"], since=int(t["since"]),
-            aliases=tuple(t.get("aliases", ())), standard=t.get("standard", ""),
-            retired=bool(t.get("retired", False)))
-        for t in data["tags"]
-    )
-    numeric = tuple(
-        NumericTag(name=n["name"], column=n["column"], family=n["family"], since=int(n["since"]),
-                   unit=str(n["unit"]), standard=n.get("standard", ""))
-        for n in data.get("numeric", ())
-    )
-    thresholds = {str(k): float(v) for k, v in data.get("thresholds", {}).items()}
+    file = validate(data, TaxonomyFile, source=source)
+    version, word_count, tags, numeric = file.version, file.word_count, file.tags, file.numeric
+    thresholds = dict(file.thresholds)
 
     seen: set[str] = set()
     for name in [t.name for t in tags] + [a for t in tags for a in t.aliases] + [n.name for n in numeric]:
@@ -152,5 +153,5 @@ def parse_taxonomy(data: Mapping[str, Any]) -> Taxonomy:
 
 def load_taxonomy(path: Path | str | None = None) -> Taxonomy:
     """Read and validate the taxonomy YAML at `path` (default: the packaged taxonomy.yaml)."""
-    with open(path or DEFAULT_PATH, encoding="utf-8") as handle:
-        return parse_taxonomy(yaml.safe_load(handle))
+    path = Path(path or DEFAULT_PATH)
+    return parse_taxonomy(safe_load(path.read_text(encoding="utf-8"), source=str(path)), source=str(path))
