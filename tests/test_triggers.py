@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from fleetloop.config import ConfigError, safe_load
+from fleetloop.codec.limits import LIMITS
+from fleetloop.config import ConfigError
 from fleetloop.triggers import REGISTRY, Category, TriggerRunner, detect_recording, load_config
 from fleetloop.triggers import synthetic as syn
 from fleetloop.triggers.config import DEFAULT_PATH, TriggerConfig, merge
@@ -173,7 +174,7 @@ def test_config_disables_a_trigger_and_moves_a_threshold() -> None:
 
 def test_bad_config_is_refused() -> None:
     # The shared sections are typed now, so the unregistered trigger rides on the packaged ones.
-    raw = safe_load(DEFAULT_PATH.read_text())
+    raw = CFG.model_dump()
     with pytest.raises(ValueError, match="no trigger class"):
         TriggerRunner(TriggerConfig.from_mapping(merge(raw, {"triggers": {"warp_drive": {}}})), "v")
     with pytest.raises(ValueError, match="unknown"):
@@ -204,3 +205,15 @@ def test_event_carries_ids_config_version_and_measurements() -> None:
     assert event.onset_ms == d.start_ms + 50_200 and event.config_version == CFG.version
     assert event.measurements["impact_mps"] == 2.0 and 0.0 <= event.severity <= 1.0
     assert len(event.trigger_id) == 24
+
+
+def test_plausibility_bounds_are_the_codecs_limits_written_once(tmp_path) -> None:
+    motion = LIMITS.motion
+    assert (CFG.sanity.max_speed_mps, CFG.sanity.max_abs_accel_mps2, CFG.sanity.max_step_speed_mps) == (
+        motion.max_speed_mps, motion.max_accel_mps2, motion.max_step_speed_mps)
+    stricter = LIMITS.model_copy(update={"motion": motion.model_copy(update={"max_accel_mps2": 12.0})})
+    assert load_config(limits=stricter).sanity.max_abs_accel_mps2 == 12.0
+    restated = tmp_path / "triggers.yaml"
+    restated.write_text(DEFAULT_PATH.read_text().replace("sanity:\n", "sanity:\n  max_speed_mps: 60.0\n"))
+    with pytest.raises(ConfigError, match=r"sanity\.max_speed_mps: stated in limits\.yaml"):
+        load_config(restated)

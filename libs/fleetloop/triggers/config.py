@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from fleetloop.config import ConfigModel, safe_load, validate
+from fleetloop.codec.limits import LIMITS, Limits
+from fleetloop.config import ConfigError, ConfigModel, safe_load, validate
 
 DEFAULT_PATH = Path(__file__).with_name("triggers.yaml")
 
@@ -42,7 +43,8 @@ class RunnerParams(ConfigModel):
 
 
 class SanityLimits(ConfigModel):
-    """Bounds beyond which a pose sample is masked before any trigger sees it (SI units)."""
+    """Bounds beyond which a pose sample is masked before any trigger sees it (SI units); the maxima of
+    speed, acceleration and step speed are limits.yaml's `motion` bounds (`load_config` adds them)."""
 
     max_speed_mps: Positive
     min_speed_mps: Annotated[float, Field(le=0)]
@@ -137,12 +139,25 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TriggerConfig:
-    """Read the YAML at `path` (default: the packaged triggers.yaml) and apply `overrides`.
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
+                limits: Limits = LIMITS) -> TriggerConfig:
+    """Read the YAML at `path` (default: the packaged triggers.yaml), add the plausibility bounds of
+    `limits` (limits.yaml) to its `sanity` section, and apply `overrides`.
 
     Example: ``load_config(overrides={"triggers": {"weaving": {"enabled": False}}})``.
-    Raises ConfigError naming the file and key path of a bad value.
+    Raises ConfigError naming the file and key path of a bad value, or of a bound limits.yaml states.
     """
     path = path or DEFAULT_PATH
-    raw = safe_load(path.read_text(encoding="utf-8"), source=str(path))
-    return TriggerConfig.from_mapping(merge(raw or {}, overrides or {}), source=str(path))
+    raw = safe_load(path.read_text(encoding="utf-8"), source=str(path)) or {}
+    shared = motion_bounds(limits)
+    restated = sorted(set(shared) & set(raw.get("sanity") or {}))
+    if restated:
+        raise ConfigError(f"{path}: sanity.{restated[0]}: stated in limits.yaml (motion), not here")
+    raw = merge(raw, {"sanity": shared})
+    return TriggerConfig.from_mapping(merge(raw, overrides or {}), source=str(path))
+
+
+def motion_bounds(limits: Limits) -> dict[str, float]:
+    """The sanity bounds the triggers share with the codec, from limits.yaml's `motion` section."""
+    return {"max_speed_mps": limits.motion.max_speed_mps, "max_abs_accel_mps2": limits.motion.max_accel_mps2,
+            "max_step_speed_mps": limits.motion.max_step_speed_mps}
