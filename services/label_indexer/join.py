@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetloop.bus.watermark import NO_DATA, Watermark
+
 KINDS = ("heartbeat", "pose", "perception")
 Position = tuple[str, int]  # (topic, partition)
 
@@ -62,29 +64,25 @@ class SecondJoiner:
         self.retain_ms = retain_ms
         self.align_ms = align_ms
         self.entries: dict[tuple[str, int], Entry] = {}
-        self.newest_ms: dict[Position, int] = {}
+        self.sources = Watermark(idle_after_ms=0)
         self.lagging: set[Position] = set()
 
     @property
     def watermark_ms(self) -> int:
         """Event time up to which the input is believed complete (0 before any input).
 
-        Partitions with records not yet read (`lagging`, set by the consumer after each fetch)
-        hold it at the newest event they delivered, so a backlog read faster on one topic or
-        partition than another does not time seconds out; caught-up partitions are idle and do
-        not hold it. Memory stays bounded because the consumer pauses the partitions that run
-        ahead (`ahead()`, watermark alignment).
+        The edge's one idle rule (fleetloop.bus.watermark.Watermark, idle at once): partitions with
+        records not yet read (`lagging`, the consumer's, refreshed before each batch) hold it at the
+        newest event they delivered, so a backlog read faster on one topic or partition than another
+        does not time seconds out; caught-up partitions do not hold it. Memory stays bounded because
+        the consumer pauses the partitions that run ahead (`ahead()`, watermark alignment).
         """
-        if not self.newest_ms:
-            return 0
-        return min((self.newest_ms.get(p, 0) for p in self.lagging), default=max(self.newest_ms.values()))
+        value = self.sources.value(self.lagging)
+        return 0 if value is None or value == NO_DATA else value
 
     def ahead(self) -> set[Position]:
         """Partitions more than `align_ms` ahead of the watermark (to pause until it catches up)."""
-        if not self.lagging:
-            return set()
-        limit = self.watermark_ms + self.align_ms
-        return {p for p, newest in self.newest_ms.items() if newest > limit}
+        return self.sources.ahead(self.align_ms, self.lagging)
 
     def add(self, kind: str, vehicle_id: str, event_ms: int, payload: Any, position: Position, offset: int) -> None:
         """Take one part. Raises TooLate for a part of a second emitted and forgotten."""
@@ -101,7 +99,7 @@ class SecondJoiner:
         if not entry.emitted:
             entry.offsets[position] = min(offset, entry.offsets.get(position, offset))
         entry.due = entry.due or entry.complete or entry.emitted
-        self.newest_ms[position] = max(self.newest_ms.get(position, 0), event_ms)
+        self.sources.observe(position, event_ms)
 
     def take_due(self) -> list[Entry]:
         """Entries to (re-)label now, in (vehicle, second) order; marks them emitted.

@@ -3,11 +3,12 @@ vehicle-second (`SecondJoiner`), labels due seconds in batches (`label_seconds`)
 label table, and seals each finished hour into the bitmap index.
 
 Delivery: offsets are committed only up to the oldest record whose second is still pending in
-memory (`HoldbackConsumer`), so a crash replays every part of every unlabelled second. Replay
-can also bring back single parts of seconds already labelled; an incomplete second is written
-only when no stored row was labelled from more parts (`data.no_*` bits), so a replay never
-replaces a complete row with a partial one. Complete seconds are always written; re-writing
-the same second is idempotent (ReplacingMergeTree keyed by vehicle and second).
+memory (the consumer's `commit_limit` hook is the joiner's `held_offsets`; `align`, its `ahead`),
+so a crash replays every part of every unlabelled second. Replay can also bring back single
+parts of seconds already labelled; an incomplete second is written only when no stored row was
+labelled from more parts (`data.no_*` bits), so a replay never replaces a complete row with a
+partial one. Complete seconds are always written; re-writing the same second is idempotent
+(ReplacingMergeTree keyed by vehicle and second).
 """
 
 from __future__ import annotations
@@ -15,23 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import yaml
-from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
 from fleetloop import codec, topics
-from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
+from fleetloop.bus import BatchConsumer, Bus, FleetClock, Record, Refusal
 from fleetloop.config import Settings
 from fleetloop.labels import LABEL_TABLE, Taxonomy, load_taxonomy
 from fleetloop.labels.batch import SecondParts, label_seconds
 from fleetloop.query.index import HOUR_MS, build_hour_index
 from fleetloop.warehouse import Warehouse
 
-from services.label_indexer.join import Entry, Position, SecondJoiner, TooLate
+from services.label_indexer.join import Entry, SecondJoiner, TooLate
 
 log = logging.getLogger(__name__)
 
@@ -54,61 +52,6 @@ def _check(payload: str, env) -> None:
         codec.check_perception(env.perception)
 
 
-class HoldbackConsumer(BatchConsumer):
-    """A BatchConsumer that commits each partition no further than `held()` says.
-
-    held: () -> {(topic, partition): offset of the oldest record still needed}.
-    ahead: () -> partitions to pause because they run ahead in event time (watermark alignment:
-    aiokafka hands out one partition's backlog before the next, and without pausing, one
-    partition could run hours ahead and time out every second of the others).
-    `lagging` is refreshed before each handler call: partitions with records not yet handed over.
-    """
-
-    def __init__(self, *, held: Callable[[], Mapping[Position, int]], ahead: Callable[[], set[Position]],
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.held = held
-        self.ahead = ahead
-        self.lagging: set[Position] = set()
-        self._committed: dict = {}
-
-    async def _lagging(self) -> set[Position]:
-        """Assigned partitions with records not yet handed to the handler (or not yet fetched)."""
-        lagging = set()
-        for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            if highwater is None or await self._consumer.position(tp) < highwater:
-                lagging.add((tp.topic, tp.partition))
-        return lagging
-
-    async def handle_batch(self, polled: dict[TopicPartition, list], records: list[Record], epoch: int) -> None:
-        self.lagging = await self._lagging()
-        refusals = await self.handler(records)
-        if refusals:
-            await self.bus.dead_letter(refusals, self.service)
-            self.refused += len(refusals)
-        # Every assigned partition, not only those in this batch: a second that was pending
-        # may have been emitted thanks to records of other partitions.
-        held = self.held()
-        offsets = {}
-        for tp in self._consumer.assignment():
-            position = await self._consumer.position(tp)
-            offset = min(position, held.get((tp.topic, tp.partition), position))
-            if self._committed.get(tp) != offset:
-                offsets[tp] = offset
-        try:
-            if offsets:
-                await self._consumer.commit(offsets)
-                self._committed.update(offsets)
-        except CommitFailedError:
-            log.warning("%s: commit failed after rebalance; records will be replayed", self.service)
-        self.records_done += len(records)
-        ahead = self.ahead()
-        assigned = self._consumer.assignment()
-        self._consumer.pause(*(tp for tp in assigned if (tp.topic, tp.partition) in ahead))
-        self._consumer.resume(*(tp for tp in assigned if (tp.topic, tp.partition) not in ahead))
-
-
 class LabelIndexer:
     """The service; `handle` is the consumer's handler and the tests' entry point."""
 
@@ -126,12 +69,14 @@ class LabelIndexer:
         self.seal_after_ms = int(config["seal_after_s"] * 1000)
         self.unsealed_hours: set[int] = set()
         self.rows_written = 0
-        self.consumer = HoldbackConsumer(
-            held=self.joiner.held_offsets, ahead=self.joiner.ahead,
+        self.clock = FleetClock()  # per-vehicle plausibility: a forged clock must not time out the fleet
+        self.consumer = BatchConsumer(
+            commit_limit=self.joiner.held_offsets, align=self.joiner.ahead,
             bootstrap=settings.kafka_bootstrap_servers, group_id=GROUP_ID,
             topic_names=list(PAYLOAD_BY_TOPIC), handler=self.handle, bus=bus, service=NAME,
             batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
         )
+        self.consumers = [self.consumer]
         self.grpc_port = 0
         self._data_bits = {kind: self.taxonomy.tag(name).bit for kind, name in _DATA_TAGS.items()}
 
@@ -149,14 +94,17 @@ class LabelIndexer:
             payload = PAYLOAD_BY_TOPIC[record.topic]
             try:
                 env = codec.decode_envelope(record.value, record.key, payload)
+                self.clock.check(env.vehicle_id, env.event_time_ms, record.timestamp_ms)
                 codec.check_watermark(env.event_time_ms, self.joiner.watermark_ms)
                 _check(payload, env)
                 self.joiner.add(payload, env.vehicle_id, env.event_time_ms, getattr(env, payload),
                                 (record.topic, record.partition), record.offset)
+                self.clock.observe(env.vehicle_id, env.event_time_ms)
             except codec.Rejected as rejected:
                 refusals.append(Refusal(record, rejected.reason, rejected.detail))
             except TooLate as late:
                 refusals.append(Refusal(record, "too_late", str(late)))
+        self.clock.advance()
         due = self.joiner.take_due()
         if due:
             await asyncio.get_running_loop().run_in_executor(None, self._write, due)

@@ -48,9 +48,9 @@ class Watermark:
         self.newest = {s: t for s, t in self.newest.items() if s in kept}
 
     def value(self, lagging: set, sources: Iterable[Hashable] | None = None) -> int | None:
-        """The watermark over `sources` (default: every observed one), given the `lagging` sources
-        (those with records still to read). None when none of them has delivered or lags."""
-        scope = list(self.newest) if sources is None else list(sources)
+        """The watermark over `sources` (default: every observed or lagging one), given the `lagging`
+        sources (those with records still to read). None when none of them has delivered or lags."""
+        scope = self._scope(lagging, sources)
         times = {s: self.newest[s] for s in scope if s in self.newest}
         holding = [times.get(s, NO_DATA) for s in scope if s in lagging]
         if not times:
@@ -62,9 +62,12 @@ class Watermark:
             holding += [t for s, t in times.items() if s not in lagging]
         return min(holding)
 
+    def _scope(self, lagging: set, sources: Iterable[Hashable] | None) -> list:
+        return [*self.newest, *(s for s in lagging if s not in self.newest)] if sources is None else list(sources)
+
     def ahead(self, align_ms: int, lagging: set, sources: Iterable[Hashable] | None = None) -> set:
         """Sources more than `align_ms` ahead of the watermark while some source lags (to pause)."""
-        scope = list(self.newest) if sources is None else list(sources)
+        scope = self._scope(lagging, sources)
         if not lagging.intersection(scope):
             return set()
         watermark = self.value(lagging, scope)
