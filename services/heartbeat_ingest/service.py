@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from fleetloop import codec, topics
-from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
+from fleetloop.bus import BatchConsumer, Bus, FleetClock, Record, Refusal
 from fleetloop.config import Settings
 from fleetloop.grpc_server import Servicer, start_server
 from fleetloop.monitors import ClockMode, load_monitor_config
@@ -59,9 +59,10 @@ class HeartbeatIngest:
         self.warehouse = warehouse
         self.bus = bus
         self.live = LiveState(connect(settings.redis_url))
-        # Event-time watermark over everything this member accepted: the fleet shares one clock,
-        # so a vehicle alone on its partition is still judged against the others.
-        self.watermark_ms = 0
+        # Event-time plausibility per vehicle against the fleet's bulk and the broker's append time
+        # (fleetloop.bus.watermark): a vehicle alone on its partition is still judged against the
+        # others, and one forged clock cannot move anyone else's judgement.
+        self.clock = FleetClock()
         self.dirty_days: set[str] = set()
         self._last_rollup = time.monotonic()
         self.consumer = BatchConsumer(
@@ -96,14 +97,15 @@ class HeartbeatIngest:
             payload = PAYLOAD_BY_TOPIC[record.topic]
             try:
                 env = codec.decode_envelope(record.value, record.key, payload)
-                codec.check_watermark(env.event_time_ms, self.watermark_ms)
+                self.clock.check(env.vehicle_id, env.event_time_ms, record.timestamp_ms)
                 if payload in _PER_MESSAGE_CHECKS:
                     _PER_MESSAGE_CHECKS[payload](getattr(env, payload))
             except codec.Rejected as rejected:
                 refusals.append(Refusal(record, rejected.reason, rejected.detail))
                 continue
-            self.watermark_ms = max(self.watermark_ms, env.event_time_ms)
+            self.clock.observe(env.vehicle_id, env.event_time_ms)
             by_kind[payload].append((record, env))
+        self.clock.advance()
 
         heartbeats = by_kind["heartbeat"]
         if heartbeats:

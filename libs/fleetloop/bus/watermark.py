@@ -94,10 +94,10 @@ class FleetClock:
         own = self.newest.get(vehicle_id, 0)
         reference = self.watermark_ms or own
         if reference and event_ms > reference + self.max_ahead_ms:
-            raise codec.Rejected("future_timestamp", f"{(event_ms - reference) / 1000:.0f} s ahead of the fleet")
+            raise codec.Rejected("future_timestamp", f"{(event_ms - reference) / 1000:.0f} s ahead of watermark")
         floor = max(own, self.watermark_ms)
         if floor and event_ms < floor - self.max_behind_ms:
-            raise codec.Rejected("stale_timestamp", f"{(floor - event_ms) / 1000:.0f} s behind")
+            raise codec.Rejected("stale_timestamp", f"{(floor - event_ms) / 1000:.0f} s behind watermark")
 
     def observe(self, vehicle_id: str, event_ms: int) -> None:
         """Account for an accepted record."""
