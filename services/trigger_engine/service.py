@@ -5,12 +5,13 @@ one vehicle sits on the same partition index i everywhere. The group uses the ra
 gives partition i of every topic to one member: that member owns "partition group" i and every
 runner of its vehicles.
 
-State (what a faust table's changelog does, kept explicit). After each batch, every runner the
-batch changed is written with `to_bytes()` to the compacted topic `loop.trigger-state.v1`, keyed by
-vehicle id and pinned to partition i; the TriggerEvents are sent first, the checkpoints second, and
-only then does the consumer commit the input offsets. When partition group i is assigned, its
-runners are restored by reading partition i of the state topic from the beginning to its fetch
-high watermark (last value per vehicle wins). A checkpoint is therefore never older than the
+State: the edge's `StateCheckpoints` over the compacted topic `loop.trigger-state.v1`. After each
+batch, every runner the batch changed is written with `to_bytes()`, keyed by vehicle id and pinned
+to partition i; the TriggerEvents are sent first, the checkpoints second, and only then does the
+consumer commit the input offsets. When partition group i is assigned, its runners are restored
+from partition i of the state topic (last value per vehicle wins). A runner whose state would not
+fit in one message is trimmed (its buffered input dropped, logged), and reset to its clocks alone
+if that is still too big: the engine never dies of its own checkpoint. A checkpoint is therefore never older than the
 committed input offsets: a restart or rebalance re-reads input the restored runners have already
 accepted or evaluated, which the runner skips as duplicate or stale — no event lost, none repeated.
 A crash between sending events and writing the checkpoint re-sends those events with the SAME
@@ -19,13 +20,15 @@ deterministic trigger_id (at-least-once transport; sinks dedupe by trigger_id).
 Event-time alignment across topics (Kafka Streams' max.task.idle). Records arrive in fetch order:
 in a backlog one topic can run minutes ahead of another, while a runner waits only its allowed
 lateness (2 s). Every record goes into its runner's buffer at once, but a runner of group i
-evaluates only up to the group's input watermark: the minimum, over the group's topic partitions
-that are not caught up (position < fetch high watermark), of the newest event time consumed from
-each. A partition that runs more than `MAX_SKEW_MS` ahead of that watermark is paused, so the
-buffers (and the checkpoints) stay bounded while the lagging topic catches up.
+evaluates only up to the group's input watermark: the edge's `Watermark` over the group's topic
+partitions (its one idle rule: the partitions not caught up hold it at the newest event time each
+delivered; none lagging, no cap). A partition that runs more than `MAX_SKEW_MS` ahead of that
+watermark is paused (the consumer's `align` hook), so the buffers (and the checkpoints) stay
+bounded while the lagging topic catches up.
 
 Bad input: undecodable bytes, unknown schema versions, key/vehicle mismatch, wrong payload,
-timestamps outside 2015..2100 or an hour ahead of / a week behind the vehicle's newest message, a
+timestamps outside 2015..2100 or an hour ahead of / a week behind the vehicle's newest message,
+implausible clocks (`FleetClock`: ahead of the broker's append time or of the fleet's bulk), a
 pose batch whose columns do not hold its sample count, and a vehicle seen on two partition indices
 are refused (dead-letter topic, with the reason). NaN/inf and implausible values inside a message
 are masked by the runner; duplicates and stale re-sends are skipped by the runner.
@@ -37,12 +40,20 @@ import asyncio
 import logging
 from collections import defaultdict
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import TopicAlreadyExistsError
 from fleetloop import codec, topics
-from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
+from fleetloop.bus import (
+    BatchConsumer,
+    Bus,
+    ConsumerRebalanceListener,
+    FleetClock,
+    RangePartitionAssignor,
+    Record,
+    Refusal,
+    Stall,
+    StateCheckpoints,
+    TopicPartition,
+    Watermark,
+)
 from fleetloop.config import Settings
 from fleetloop.triggers import TriggerConfig, TriggerRunner, load_config
 from fleetloop.v1 import common_pb2, triggers_pb2
@@ -59,7 +70,7 @@ PAYLOAD_BY_TOPIC = {topics.POSE: "pose", topics.EVENTS: "event", topics.PERCEPTI
 # is paused. A minute of one vehicle's pose is ~40 kB of buffered runner state: small, while large
 # enough that a live stream (skew of a poll loop, ~1 s) never pauses.
 MAX_SKEW_MS = 60_000
-NO_DATA_MS = -1  # input watermark of a group with a partition that has delivered nothing yet
+NO_DATA_MS = -1  # a vehicle's newest time before it has any
 
 
 class TriggerEngine(ConsumerRebalanceListener):
@@ -76,65 +87,45 @@ class TriggerEngine(ConsumerRebalanceListener):
         self.runners: dict[str, TriggerRunner] = {}
         self.partition_of: dict[str, int] = {}   # vehicle id -> partition index (its group)
         self.owned: set[int] = set()             # partition groups this member owns now
-        self.newest_ms: dict[TopicPartition, int] = {}
+        self.unrestored: set[int] = set()        # groups assigned whose state is not restored yet
+        self.sources = Watermark(idle_after_ms=0)
+        self.clock = FleetClock()
         self.events_sent = 0
         self.restored = 0
+        self.trimmed = 0
         self.grpc_port = 0
         self._lock = asyncio.Lock()              # a batch and a rebalance never interleave
-        self._failure: BaseException | None = None
-        self._restorer: AIOKafkaConsumer | None = None
+        self.checkpoints = StateCheckpoints(bus, settings.kafka_bootstrap_servers, STATE_TOPIC,
+                                            list(PAYLOAD_BY_TOPIC), NAME)
         self.consumer = BatchConsumer(
             bootstrap=settings.kafka_bootstrap_servers, group_id=GROUP_ID, topic_names=list(PAYLOAD_BY_TOPIC),
             handler=self.handle, bus=bus, service=NAME, batch_max=settings.consumer_batch_max,
-            poll_ms=settings.consumer_poll_ms, assignor=RangePartitionAssignor, listener=self,
+            poll_ms=settings.consumer_poll_ms, assignor=RangePartitionAssignor, listener=self, align=self.ahead,
         )
+        self.consumers = [self.consumer]
 
     def migrate(self) -> None:
         """Nothing to migrate: the engine owns no tables (its state lives in STATE_TOPIC)."""
 
     async def ensure_state_topic(self) -> int:
-        """Create STATE_TOPIC (compacted) with the input topics' partition count; returns the count.
-
-        Raises RuntimeError when the inputs are not co-partitioned or the state topic disagrees.
-        """
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        await admin.start()
-        try:
-            described = await admin.describe_topics(list(PAYLOAD_BY_TOPIC))
-            counts = {t["topic"]: len(t["partitions"]) for t in described}
-            if len(set(counts.values())) != 1:
-                raise RuntimeError(f"input topics are not co-partitioned: {counts}")
-            partitions = next(iter(counts.values()))
-            try:
-                await admin.create_topics([NewTopic(STATE_TOPIC, partitions, 1, topic_configs={
-                    "cleanup.policy": "compact"})])
-            except TopicAlreadyExistsError:
-                pass
-            state = await admin.describe_topics([STATE_TOPIC])
-            if len(state[0]["partitions"]) != partitions:
-                raise RuntimeError(f"{STATE_TOPIC} has {len(state[0]['partitions'])} partitions, inputs {partitions}")
-            return partitions
-        finally:
-            await admin.close()
+        """Create STATE_TOPIC co-partitioned with the inputs; returns the partition count."""
+        return await self.checkpoints.ensure()
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         """Consume until `stop` is set. `serve_grpc` is accepted for the host; the engine serves none."""
         await self.ensure_state_topic()
-        self._restorer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                                          enable_auto_commit=False, client_id=f"{NAME}-restore",
-                                          max_partition_fetch_bytes=8 << 20)
-        await self._restorer.start()
+        await self.checkpoints.start()
         try:
             await self.consumer.run(stop)
         finally:
-            await self._restorer.stop()
+            await self.checkpoints.stop()
 
     # -- the batch ------------------------------------------------------------------------------
     async def handle(self, records: list[Record]) -> list[Refusal]:
         """Feed the batch to the runners, send their events, then checkpoint the changed runners."""
-        if self._failure is not None:
-            raise RuntimeError("restoring trigger state failed") from self._failure
         async with self._lock:
+            if self.unrestored:
+                await self._restore_pending()
             refusals: list[Refusal] = []
             fed: dict[str, list[common_pb2.Envelope]] = defaultdict(list)
             newest: dict[str, int] = {}
@@ -147,8 +138,8 @@ class TriggerEngine(ConsumerRebalanceListener):
                     refusals.append(Refusal(record, rejected.reason, rejected.detail))
                     continue
                 fed[env.vehicle_id].append(env)
-                tp = TopicPartition(record.topic, record.partition)
-                self.newest_ms[tp] = max(self.newest_ms.get(tp, NO_DATA_MS), env.event_time_ms)
+                self.sources.observe(TopicPartition(record.topic, record.partition), env.event_time_ms)
+            self.clock.advance()
             watermarks = {i: await self.input_watermark(i) for i in self.owned}
             events: list[triggers_pb2.TriggerEvent] = []
             changed = []
@@ -162,10 +153,8 @@ class TriggerEngine(ConsumerRebalanceListener):
                     changed.append(vehicle_id)
             await self.bus.send_many([(topics.TRIGGERS, e.vehicle_id.encode(), e.SerializeToString())
                                       for e in events])
-            await self.bus.send_many([(STATE_TOPIC, v.encode(), self.runners[v].to_bytes(), self.partition_of[v])
-                                      for v in changed])
+            await self._checkpoint(changed)
             self.events_sent += len(events)
-            await self._pace(watermarks)
             return refusals
 
     def _decode(self, record: Record, newest: dict[str, int]) -> common_pb2.Envelope:
@@ -179,6 +168,7 @@ class TriggerEngine(ConsumerRebalanceListener):
                                                        f" of the other topics, {record.partition} here")
         vehicle_ms = max(newest.get(vehicle_id, NO_DATA_MS), runner.max_event_ms if runner else NO_DATA_MS)
         codec.check_watermark(env.event_time_ms, vehicle_ms)
+        self.clock.check(vehicle_id, env.event_time_ms, record.timestamp_ms)
         if payload == "pose":
             if not 0 < env.pose.sample_count <= codec.MAX_SAMPLES_PER_BATCH:
                 raise codec.Rejected("bad_shape", f"{env.pose.sample_count} samples in one pose batch")
@@ -187,29 +177,52 @@ class TriggerEngine(ConsumerRebalanceListener):
             self.runners[vehicle_id] = TriggerRunner(self.config, vehicle_id)
             self.partition_of[vehicle_id] = record.partition
         newest[vehicle_id] = max(newest.get(vehicle_id, NO_DATA_MS), env.event_time_ms)
+        self.clock.observe(vehicle_id, env.event_time_ms)
         return env
 
-    async def input_watermark(self, partition: int) -> int | None:
-        """Newest event time every input of group `partition` has delivered (epoch ms), ignoring the
-        inputs that are caught up; None when all are caught up (each runner's own clock rules)."""
-        lagging = [TopicPartition(t, partition) for t in PAYLOAD_BY_TOPIC]
-        lagging = [tp for tp in lagging if not await self.consumer.caught_up(tp)]
-        if not lagging:
-            return None
-        return min(self.newest_ms.get(tp, NO_DATA_MS) for tp in lagging)
+    def _group(self, partition: int) -> list[TopicPartition]:
+        return [TopicPartition(t, partition) for t in PAYLOAD_BY_TOPIC]
 
-    async def _pace(self, watermarks: dict[int, int | None]) -> None:
-        """Pause input partitions that run more than MAX_SKEW_MS ahead of their group; resume the rest."""
-        ahead, behind = [], []
-        for partition, watermark in watermarks.items():
-            for topic in PAYLOAD_BY_TOPIC:
-                tp = TopicPartition(topic, partition)
-                too_far = (watermark is not None and watermark != NO_DATA_MS
-                           and self.newest_ms.get(tp, NO_DATA_MS) > watermark + MAX_SKEW_MS
-                           and not await self.consumer.caught_up(tp))
-                (ahead if too_far else behind).append(tp)
-        self.consumer.pause(ahead)
-        self.consumer.resume(behind)
+    async def input_watermark(self, partition: int) -> int | None:
+        """The input watermark of group `partition` (epoch ms; NO_DATA while a lagging input has
+        delivered nothing); None when no input of the group lags (each runner's own clock rules)."""
+        group = self._group(partition)
+        if not self.consumer.lagging.intersection(group):
+            return None
+        return self.sources.value(self.consumer.lagging, group)
+
+    def ahead(self) -> set[TopicPartition]:
+        """The `align` hook: input partitions more than MAX_SKEW_MS ahead of their group's watermark."""
+        paused: set[TopicPartition] = set()
+        for partition in self.owned:
+            paused |= self.sources.ahead(MAX_SKEW_MS, self.consumer.lagging, self._group(partition))
+        return paused
+
+    async def _checkpoint(self, vehicles: list[str]) -> None:
+        """Write the runners of `vehicles`; one too big for a message is trimmed, then written."""
+        refused = await self.checkpoints.write([(v, self.runners[v].to_bytes(), self.partition_of[v])
+                                                for v in vehicles])
+        for vehicle_id in refused:
+            self._trim(vehicle_id)
+        if refused:
+            await self.checkpoints.write([(v, self.runners[v].to_bytes(), self.partition_of[v]) for v in refused])
+
+    def _trim(self, vehicle_id: str) -> None:
+        """Bound a runner whose state outgrew one message: drop its buffered input, and if that is not
+        enough, start it afresh keeping only its clocks (so replays stay duplicates)."""
+        runner = self.runners[vehicle_id]
+        self.trimmed += 1
+        dropped = sum(len(envs) for envs in runner.pending.values())
+        runner.pending.clear()
+        runner.pending_ids.clear()
+        runner.closed_until_ms = max(runner.closed_until_ms, runner.max_event_ms + 1)
+        if self.checkpoints.oversized(vehicle_id, runner.to_bytes()):
+            fresh = TriggerRunner(self.config, vehicle_id)
+            fresh.closed_until_ms, fresh.max_event_ms = runner.closed_until_ms, runner.max_event_ms
+            self.runners[vehicle_id] = fresh
+            log.warning("%s: state of %s too big for a checkpoint even without its input; reset", NAME, vehicle_id)
+        log.warning("%s: state of %s too big for a checkpoint; dropped %d buffered messages", NAME, vehicle_id,
+                    dropped)
 
     # -- rebalances -----------------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -218,47 +231,37 @@ class TriggerEngine(ConsumerRebalanceListener):
             self.owned = set()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Keep the runners of groups still owned, drop the others, restore the new ones."""
-        async with self._lock:
-            try:
-                groups = {tp.partition for tp in assigned}
-                missing = {TopicPartition(t, i) for t in PAYLOAD_BY_TOPIC for i in groups} - assigned
-                if missing:
-                    raise RuntimeError(f"assignment is not co-partitioned; missing {sorted(missing)}")
-                for vehicle_id in [v for v, i in self.partition_of.items() if i not in groups]:
-                    del self.runners[vehicle_id]
-                    del self.partition_of[vehicle_id]
-                kept = set(self.partition_of.values())
-                self.newest_ms = {tp: t for tp, t in self.newest_ms.items() if tp.partition in kept}
-                await self._restore(groups - kept)
-                self.owned = groups
-            except Exception as exc:  # aiokafka only logs listener errors; the next batch raises it
-                log.exception("%s: restoring trigger state failed", NAME)
-                self._failure = exc
+        """Keep the runners of groups still owned, drop the others, restore the new ones.
 
-    async def _restore(self, groups: set[int]) -> None:
-        """Read partitions `groups` of STATE_TOPIC to their high watermark; the last state per vehicle wins."""
-        if not groups:
-            return
-        assert self._restorer is not None
-        tps = [TopicPartition(STATE_TOPIC, i) for i in sorted(groups)]
-        self._restorer.assign(tps)
-        await self._restorer.seek_to_beginning(*tps)
-        latest: dict[bytes, tuple[int, bytes | None]] = {}
-        while True:
-            batch = await self._restorer.getmany(timeout_ms=100)
-            for tp, messages in batch.items():
-                for m in messages:
-                    latest[m.key] = (tp.partition, m.value)
-            ends = [(self._restorer.highwater(tp), await self._restorer.position(tp)) for tp in tps]
-            if all(hw is not None and pos >= hw for hw, pos in ends):
-                break
-        for key, (partition, value) in latest.items():
-            if value is None:  # a tombstone: the vehicle's state was retired
-                continue
-            runner = TriggerRunner.from_bytes(value, self.config)
-            self.runners[key.decode()] = runner
-            self.partition_of[key.decode()] = partition
-        self.restored += len(latest)
-        self._restorer.assign([])
-        log.info("%s: restored %d runners of partitions %s", NAME, len(latest), sorted(groups))
+        A restore that fails here (aiokafka only logs listener errors) is retried by the next batch,
+        which stalls until it succeeds.
+        """
+        async with self._lock:
+            groups = {tp.partition for tp in assigned}
+            missing = {tp for i in groups for tp in self._group(i)} - assigned
+            if missing:
+                log.error("%s: assignment is not co-partitioned; missing %s", NAME, sorted(missing))
+            for vehicle_id in [v for v, i in self.partition_of.items() if i not in groups]:
+                del self.runners[vehicle_id]
+                del self.partition_of[vehicle_id]
+            kept = set(self.partition_of.values())
+            self.sources.keep(tp for tp in list(self.sources.newest) if tp.partition in kept)
+            self.unrestored = groups - kept
+            self.owned = groups
+            try:
+                await self._restore_pending()
+            except Exception:  # noqa: BLE001 - retried by the next batch (see above)
+                log.exception("%s: restoring trigger state failed; the next batch retries it", NAME)
+
+    async def _restore_pending(self) -> None:
+        """Restore the runners of `unrestored` groups from STATE_TOPIC; raises Stall when that fails."""
+        try:
+            states = await self.checkpoints.restore(self.unrestored)
+        except Exception as exc:
+            raise Stall(f"{NAME}: trigger state of partitions {sorted(self.unrestored)} not restored") from exc
+        for vehicle_id, (partition, value) in states.items():
+            self.runners[vehicle_id] = TriggerRunner.from_bytes(value, self.config)
+            self.partition_of[vehicle_id] = partition
+        self.restored += len(states)
+        log.info("%s: restored %d runners of partitions %s", NAME, len(states), sorted(self.unrestored))
+        self.unrestored = set()

@@ -24,11 +24,11 @@ from fleetloop.bus.checkpoint import StateCheckpoints
 from fleetloop.bus.consumer import CONSUMER_STOP_TIMEOUT_S, POLL_GRACE_S, BatchConsumer
 from fleetloop.bus.producer import Bus
 from fleetloop.bus.records import Handler, Record, Refusal
-from fleetloop.bus.retry import is_transient
+from fleetloop.bus.retry import Stall, is_transient
 from fleetloop.bus.watermark import NO_DATA, FleetClock, Watermark
 
 __all__ = [
     "CONSUMER_STOP_TIMEOUT_S", "NO_DATA", "POLL_GRACE_S", "BatchConsumer", "Bus", "ConsumerRebalanceListener",
-    "FleetClock", "Handler", "RangePartitionAssignor", "Record", "Refusal", "StateCheckpoints", "TopicPartition",
-    "Watermark", "ensure_topics", "is_transient", "partition_counts",
+    "FleetClock", "Handler", "RangePartitionAssignor", "Record", "Refusal", "Stall", "StateCheckpoints",
+    "TopicPartition", "Watermark", "ensure_topics", "is_transient", "partition_counts",
 ]

@@ -13,7 +13,15 @@ from tenacity import wait_exponential_jitter
 # Backoff between tries of a stalled batch: 0.2 s doubling to 10 s, plus up to 1 s of jitter so
 # replicas that stalled together do not retry in lockstep.
 BACKOFF = wait_exponential_jitter(initial=0.2, max=10.0, jitter=1.0)
-_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError, ConnectionError, OSError)
+
+
+class Stall(Exception):
+    """Raised by a handler that cannot handle any batch yet (e.g. its state is not restored): the
+    batch is retried like a transient error, never dead-lettered."""
+
+
+_TRANSIENT = (Stall, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError,
+              ConnectionError, OSError)
 
 
 def _clickhouse_transient(exc: BaseException) -> bool:
@@ -34,4 +42,4 @@ def is_transient(exc: BaseException) -> bool:
 
 def stall_reason(exc: BaseException) -> str:
     """A short name of what stalls, e.g. 'redis: TimeoutError'."""
-    return f"{type(exc).__module__.split('.')[0]}: {type(exc).__name__}"
+    return f"{type(exc).__module__.split('.')[0]}: {type(exc).__name__}" if not isinstance(exc, Stall) else str(exc)
