@@ -64,6 +64,11 @@ def check_fields(message: Message, repeated_max: Mapping[str, int] | None = None
     repeated_max = repeated_max or {}
     type_name, plan = _plan(message.DESCRIPTOR)
     for name, kind, limit in plan:
+        if kind == _ONEOF:  # only the set member of a oneof: one call instead of a HasField each
+            chosen = message.WhichOneof(name)
+            if chosen is not None and chosen in limit:
+                check_fields(getattr(message, chosen), repeated_max)
+            continue
         value = getattr(message, name)
         if kind == _STRING:
             if len(value) > limit:
@@ -94,8 +99,8 @@ def _check_repeated(type_name: str, name: str, kind: str, item_limit, values, re
                                               f"limit {item_limit}")
 
 
-_STRING, _ENUM, _MESSAGE, _REPEATED_MESSAGE, _MAP_KEYS, _REPEATED = (
-    "string", "enum", "message", "repeated_message", "map_keys", "repeated")
+_STRING, _ENUM, _MESSAGE, _ONEOF, _REPEATED_MESSAGE, _MAP_KEYS, _REPEATED = (
+    "string", "enum", "message", "oneof", "repeated_message", "map_keys", "repeated")
 
 
 @cache
@@ -104,7 +109,14 @@ def _plan(descriptor: Descriptor) -> tuple[str, tuple[tuple[str, str, object], .
     walking descriptors per message cost ten times the parse."""
     type_name = descriptor.name
     plan = []
+    for oneof in descriptor.oneofs:
+        members = frozenset(f.name for f in oneof.fields if f.type == FieldDescriptor.TYPE_MESSAGE)
+        if members:
+            plan.append((oneof.name, _ONEOF, members))
     for field in descriptor.fields:
+        in_oneof = field.containing_oneof is not None and field.type == FieldDescriptor.TYPE_MESSAGE
+        if in_oneof:
+            continue
         if field.is_repeated:
             entry = field.message_type
             if entry is not None and entry.GetOptions().map_entry:
