@@ -32,13 +32,12 @@ from fleetloop import topics
 from fleetloop.sim import FleetSimulator, SimConfig
 from fleetloop.triggers import detect_recording, load_config
 from fleetloop.v1 import cases_pb2, uploads_pb2
-from fleetloop.vehicle import RingBuffer, Uploader, load_params, open_store, tier_messages, write_mcap
+from fleetloop.vehicle import RingBuffer, Uploader, load_vehicle_params, open_store, tier_messages, write_mcap
 
 from services.case_assembler import assembly
 from services.case_assembler.policy import load_policy
 
 DAY_OPERATING_H = 8.0       # one shift of a delivery van; the ratio does not depend on it
-RAW_BYTES_PER_MIN = 4e9     # ARCHITECTURE §1
 
 
 def assemble(triggers, policy) -> list[cases_pb2.Case]:
@@ -76,7 +75,7 @@ def main() -> None:
     started = time.perf_counter()
 
     sim = FleetSimulator(SimConfig(vehicles=vehicles, duration_s=int(hours * 3600), seed=args.seed))
-    params = load_params()
+    params = load_vehicle_params()
     buffers: dict[str, RingBuffer] = defaultdict(lambda: RingBuffer(hours * 3600 + 60))
     online_s: dict[str, int] = defaultdict(int)
     envelopes = []
@@ -109,7 +108,7 @@ def main() -> None:
 
     vehicle_days = sum(online_s.values()) / 3600 / DAY_OPERATING_H
     uploaded = sum(r["counted_bytes"] for r in by_tier.values())
-    raw_equivalent = sum(online_s.values()) / 60 * RAW_BYTES_PER_MIN
+    raw_equivalent = sum(online_s.values()) / 60 * params.raw_bytes_per_minute
     real_mcap = sum(r["mcap_bytes"] for r in by_tier.values())
     window_s = sum((c.window_end_ms - c.window_start_ms) / 1000 for c in cases)
     per_day = {

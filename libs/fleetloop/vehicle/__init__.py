@@ -10,9 +10,9 @@ an object store, and `FleetVehicles`, which lets simulated vehicles do the same 
 from fleetloop.vehicle.fleet import FleetVehicles
 from fleetloop.vehicle.logs import TIERS, read_mcap, tier_messages, write_mcap
 from fleetloop.vehicle.objectstore import FileObjectStore, ObjectStore, open_store
-from fleetloop.vehicle.params import VehicleParams, load_params
+from fleetloop.vehicle.params import VehicleParams, load_vehicle_params
 from fleetloop.vehicle.ring import RingBuffer
 from fleetloop.vehicle.uploader import Uploader
 
 __all__ = ["TIERS", "FileObjectStore", "FleetVehicles", "ObjectStore", "RingBuffer", "Uploader", "VehicleParams",
-           "load_params", "open_store", "read_mcap", "tier_messages", "write_mcap"]
+           "load_vehicle_params", "open_store", "read_mcap", "tier_messages", "write_mcap"]

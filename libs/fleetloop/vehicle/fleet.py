@@ -16,7 +16,7 @@ from fleetloop.config import Settings
 from fleetloop.feed import FleetSecond
 from fleetloop.v1 import common_pb2, uploads_pb2
 from fleetloop.vehicle.objectstore import open_store
-from fleetloop.vehicle.params import VehicleParams, load_params
+from fleetloop.vehicle.params import VehicleParams, load_vehicle_params
 from fleetloop.vehicle.ring import RingBuffer
 from fleetloop.vehicle.uploader import Uploader
 
@@ -45,7 +45,7 @@ class FleetVehicles:
     """
 
     def __init__(self, settings: Settings, bus: Bus, params: VehicleParams | None = None) -> None:
-        self.params = params or load_params()
+        self.params = params or load_vehicle_params()
         self.bus = bus
         self.buffers: dict[str, RingBuffer] = {}
         self.uploader = Uploader(open_store(settings.object_store_url), self.params)

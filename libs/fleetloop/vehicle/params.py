@@ -51,6 +51,3 @@ def load_vehicle_params(path: Path = DEFAULT_PATH) -> VehicleParams:
     file = load_yaml(path, VehicleFile)
     return VehicleParams(ring_capacity_s=file.ring_buffer.capacity_s, raw_bytes_per_minute=file.raw.bytes_per_minute)
 
-
-# The name vehicle/__init__.py and vehicle/fleet.py still import; the simulator's `load_params` is another thing.
-load_params = load_vehicle_params
