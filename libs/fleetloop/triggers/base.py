@@ -44,7 +44,7 @@ class Trigger:
     Subclasses set `name`, `category`, `Params` (the model of their `params` config, read as the
     typed `self.p`) and implement `update`. `update(frames, horizon_ms)` sees every batch of consecutive seconds in
     time order; `horizon_ms` promises that no later batch holds data before it. `finish()` ends
-    the stream. `state()`/`load_state()` round-trip everything carried (JSON-able).
+    the stream. `snapshot()`/`restore()` round-trip everything carried (JSON-able).
     """
 
     name: ClassVar[str]
@@ -62,11 +62,11 @@ class Trigger:
     def finish(self) -> list[Detection]:
         return []
 
-    def state(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         return {}
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state()` returned."""
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Restore what `snapshot()` returned (the state protocol: fleetloop.state)."""
 
     def detection(self, severity: float, onset_ms: int, peak_ms: int, end_ms: int,
                   measurements: Mapping[str, float], detail: str = "",

@@ -34,12 +34,12 @@ class Episode:
     peak_ms: int
     fired: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         return {"s": self.start_ms, "e": self.end_ms, "n": self.n, "a": self.aggs, "p": self.peak_ms,
                 "f": self.fired}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Episode:
+    def restore(cls, d: Mapping[str, Any]) -> Episode:
         return cls(d["s"], d["e"], d["n"], dict(d["a"]), d["p"], d["f"])
 
 
@@ -165,9 +165,9 @@ class EpisodeTracker:
             peak_ms = b.peak_ms
         return Episode(a.start_ms, b.end_ms, a.n + b.n, aggs, peak_ms, a.fired)
 
-    def state(self) -> dict[str, Any]:
-        return {"open": self.open.to_dict() if self.open else None, "last": self.last_sample_ms}
+    def snapshot(self) -> dict[str, Any]:
+        return {"open": self.open.snapshot() if self.open else None, "last": self.last_sample_ms}
 
-    def load_state(self, d: Mapping[str, Any]) -> None:
-        self.open = Episode.from_dict(d["open"]) if d["open"] else None
+    def restore(self, d: Mapping[str, Any]) -> None:
+        self.open = Episode.restore(d["open"]) if d["open"] else None
         self.last_sample_ms = d["last"]

@@ -74,10 +74,10 @@ class _EventTrigger(Trigger):
     def fire(self, frames: Frames, i: int, t_ms: int) -> Detection:
         raise NotImplementedError
 
-    def state(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         return {"last": self.last_fired_ms}
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any]) -> None:
         self.last_fired_ms = state["last"]
 
 
@@ -186,8 +186,8 @@ class ErrorCode(Trigger):
         self.bursts = {k: b for k, b in self.bursts.items() if horizon_ms - b["times"][-1] <= window_ms}
         return out
 
-    def state(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         return {"bursts": self.bursts}
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any]) -> None:
         self.bursts = {k: {"times": list(b["times"]), "fired": b["fired"]} for k, b in state["bursts"].items()}

@@ -40,11 +40,11 @@ class FrameCarry:
     task_state: int = common_pb2.TASK_STATE_UNSPECIFIED
     maneuver: int = UNKNOWN_MANEUVER
 
-    def to_dict(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FrameCarry:
+    def restore(cls, d: Mapping[str, Any]) -> FrameCarry:
         return cls(**d)
 
 

@@ -69,11 +69,11 @@ class _HardDecel(Trigger):
     def _category(self, peak_decel: float, lead_m: float) -> Category | None:
         return None
 
-    def state(self) -> dict[str, Any]:
-        return self.tracker.state()
+    def snapshot(self) -> dict[str, Any]:
+        return self.tracker.snapshot()
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.tracker.load_state(state)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.tracker.restore(state)
 
 
 class HardBrakeParams(ConfigModel):
@@ -155,11 +155,11 @@ class Weaving(Trigger):
             for ep in episodes if ep.aggs["sign"] >= self.p.min_sign_changes
         ]
 
-    def state(self) -> dict[str, Any]:
-        return self.tracker.state()
+    def snapshot(self) -> dict[str, Any]:
+        return self.tracker.snapshot()
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.tracker.load_state(state)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.tracker.restore(state)
 
 
 class StopNotGoParams(EpisodeGaps):
@@ -211,8 +211,8 @@ class StopNotGo(Trigger):
                                           {"stopped_s": self.p.issue_s}))
         return out
 
-    def state(self) -> dict[str, Any]:
-        return self.tracker.state()
+    def snapshot(self) -> dict[str, Any]:
+        return self.tracker.snapshot()
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.tracker.load_state(state)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.tracker.restore(state)

@@ -56,11 +56,11 @@ class _SummaryTrigger(Trigger):
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
         raise NotImplementedError
 
-    def state(self) -> dict[str, Any]:
-        return self.tracker.state()
+    def snapshot(self) -> dict[str, Any]:
+        return self.tracker.snapshot()
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.tracker.load_state(state)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.tracker.restore(state)
 
 
 class NearMissParams(EpisodeGaps):
@@ -184,11 +184,11 @@ class PlannerUncertainty(_SummaryTrigger):
                                           "tied" if ep.aggs["tied"] >= self.p.min_tied_s else "flip"))
         return out
 
-    def state(self) -> dict[str, Any]:
-        return {**self.tracker.state(), "recent": self.recent}
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.tracker.snapshot(), "recent": self.recent}
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.tracker.load_state(state)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.tracker.restore(state)
         self.recent = list(state["recent"])
 
 

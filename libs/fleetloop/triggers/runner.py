@@ -87,7 +87,7 @@ class TriggerRunner:
 
     def to_bytes(self) -> bytes:
         """The whole runner state, compact: open episodes, carry, buffered messages, counters."""
-        carry = {"frames": self.carry.to_dict(), "triggers": {t.name: t.state() for t in self.triggers}}
+        carry = {"frames": self.carry.snapshot(), "triggers": {t.name: t.snapshot() for t in self.triggers}}
         state = triggers_pb2.TriggerRunnerState(
             state_version=STATE_VERSION, vehicle_id=self.vehicle_id, config_version=self.config.version,
             closed_until_ms=self.closed_until_ms, max_event_ms=self.max_event_ms,
@@ -110,10 +110,10 @@ class TriggerRunner:
             runner.pending[env.event_time_ms // 1000].append(env)
             runner.pending_ids.add(_message_key(env))
         carry = json.loads(zlib.decompress(state.carry))
-        runner.carry = FrameCarry.from_dict(carry["frames"])
+        runner.carry = FrameCarry.restore(carry["frames"])
         for trig in runner.triggers:
             if trig.name in carry["triggers"]:
-                trig.load_state(carry["triggers"][trig.name])
+                trig.restore(carry["triggers"][trig.name])
         runner.counters.update(dict(state.counters))
         return runner
 
