@@ -1,8 +1,25 @@
-"""The one Redis helper: an asyncio client and the key convention `fl:<service>:<what>:<id>`."""
+"""State: the one protocol for everything that resumes, and the one Redis helper (an asyncio client
+and the key convention `fl:<service>:<what>:<id>`)."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import redis.asyncio as aioredis
+
+
+class Resumable(Protocol):
+    """What every stateful part of the loop implements, under these two names and no others.
+
+    `snapshot()` returns everything the object carries between inputs (JSON-compatible, or bytes for
+    the checkpoints written to Kafka); `restore(state)` takes it back. Objects built from configuration
+    (triggers, trackers, monitors) are constructed from their config first and `restore` loads into
+    them; value objects (an `Episode`, a `FrameCarry`, a `TriggerRunner`, an `EventClock`) offer a
+    classmethod `restore(state, ...)` that builds one. A part keyed by many ids saves one id at a time
+    with `snapshot_<what>(id)` / `restore_<what>(id, state)`.
+    """
+
+    def snapshot(self) -> Any: ...
 
 
 def key(service: str, what: str, ident: str = "") -> str:

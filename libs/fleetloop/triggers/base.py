@@ -66,7 +66,7 @@ class Trigger:
         return {}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Restore what `snapshot()` returned (the state protocol: fleetloop.state)."""
+        """Restore what `snapshot()` returned (the state protocol: `fleetloop.state.Resumable`)."""
 
     def detection(self, severity: float, onset_ms: int, peak_ms: int, end_ms: int,
                   measurements: Mapping[str, float], detail: str = "",
