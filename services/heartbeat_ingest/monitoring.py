@@ -12,8 +12,10 @@ Tansu 0.6 answers with the last batch's base offset + 1: after a restart, recove
 offsets it never saw. Redis is already this service's state store. Alerts merge into Redis
 (AlertStore) and every change goes to fleet.alerts.v1.
 
-Dead-lettering of these topics belongs to the ingest consumer that reads the same messages;
-the agents skip what they cannot use and count it.
+Dead-lettering of these topics belongs to the ingest consumer that reads the same messages; the
+vehicles agent decodes them through the same codec path (`codec.decode`) and skips, and counts,
+exactly what ingest refuses at decode — a key mismatch or a wrong payload never reaches a monitor,
+so it cannot raise an alert for a vehicle that does not exist.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import logging
 import time
 
 import faust
-from fleetloop import topics
-from fleetloop.bus import Bus
+from fleetloop import codec, topics
+from fleetloop.bus import Bus, Watermark
 from fleetloop.config import Settings
-from fleetloop.monitors import ClockMode, FleetMonitor, MonitorInputError, SourceWatermarks, load_monitor_config
+from fleetloop.monitors import ClockMode, FleetMonitor, MonitorInputError, load_monitor_config
 from fleetloop.state import key
 from fleetloop.v1 import alerts_pb2, common_pb2
 
@@ -92,7 +94,8 @@ class FleetMonitoring:
         self.vehicle_monitor = FleetMonitor(config, clock, parks=False, external_watermark=True)
         # The park topic is written in event-time order (see `vehicles`), so its own clock is sound.
         self.park_monitor = FleetMonitor(config, clock, vehicles=False)
-        self.vehicle_sources = SourceWatermarks(config.clock.allowed_lateness_ms, IDLE_SOURCE_MS)
+        self.vehicle_sources = Watermark(IDLE_SOURCE_MS)
+        self.allowed_lateness_ms = config.clock.allowed_lateness_ms
         self._seen_vehicles: set[str] = set()
         self._seen_parks: set[str] = set()
         # (event ms, park, envelope bytes) waiting for the watermark. Not checkpointed: after a crash
@@ -193,7 +196,16 @@ class FleetMonitoring:
                 partitions.add(tp.partition)
         return partitions
 
+    def _decode_fleet(self, topic: str, key: bytes | None, value: bytes | None) -> common_pb2.Envelope | None:
+        """The fleet record's Envelope by ingest's own decode path, or None (counted) for what it refuses."""
+        try:
+            return codec.decode(topic, key, value)
+        except codec.Rejected:
+            self.skipped += 1
+            return None
+
     def _decode(self, value: bytes) -> common_pb2.Envelope | None:
+        """An Envelope of the park topic (forwarded by the vehicles agent after `_decode_fleet`)."""
         env = common_pb2.Envelope()
         try:
             env.ParseFromString(value)
@@ -207,7 +219,7 @@ class FleetMonitoring:
         live_ms = wall_ms() if self.clock is ClockMode.LIVE else None
         for event in batch:
             value = event.value
-            env = self._decode(value)
+            env = self._decode_fleet(event.message.topic, event.key, value)
             if env is None:
                 continue
             if event.message.topic == topics.HEARTBEAT:  # the 1 Hz line is the clock; events are sparse
@@ -222,10 +234,19 @@ class FleetMonitoring:
             kind = env.WhichOneof("payload")
             if scope and (kind == "heartbeat" or env.event.kind == common_pb2.EVENT_KIND_ERROR_CODE):
                 forwards.append((env.event_time_ms, scope[0], value))
-        watermark = self.vehicle_sources.watermark_ms(self._heartbeat_partitions_with_data())
+        watermark = self._vehicle_watermark()
         if watermark is not None:
             alerts += monitor.advance(watermark)
         return alerts, forwards
+
+    def _vehicle_watermark(self) -> int | None:
+        """Event time of the heartbeat partitions minus the allowed lateness; None until every
+        assigned heartbeat partition holding data has been observed (one not read yet may hold the
+        oldest data of all)."""
+        newest = self.vehicle_sources.newest
+        if not newest or not self._heartbeat_partitions_with_data() <= newest.keys():
+            return None
+        return self.vehicle_sources.value(lagging=set()) - self.allowed_lateness_ms
 
     def _on_park_batch(self, envelopes: list[common_pb2.Envelope]) -> list[alerts_pb2.Alert]:
         monitor, alerts = self.park_monitor, []

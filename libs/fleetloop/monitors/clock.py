@@ -11,9 +11,9 @@ Two explicit modes:
   (a silent fleet is exactly when OFFLINE must fire).
 
 With `external=True` the data does not move the watermark at all: a stream agent that reads
-several partitions computes it with `SourceWatermarks` (the minimum over its partitions, so a
-partition fetched ahead of the others during catch-up cannot declare the lagging partitions'
-vehicles offline) and passes it to `advance_to`.
+several partitions computes it with the streaming edge's `Watermark` (fleetloop.bus.watermark: the
+minimum over its partitions, so a partition fetched ahead of the others during catch-up cannot
+declare the lagging partitions' vehicles offline) and passes it to `advance_to`.
 
 The offset is deliberately not persisted: after a restart the consumer first replays its
 backlog, and a stale offset would declare every vehicle offline before the backlog is read.
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import enum
 from typing import Any
+
+from fleetloop.bus.watermark import Watermark
 
 
 class ClockMode(enum.Enum):
@@ -92,39 +94,5 @@ class EventClock:
         return clock
 
 
-class SourceWatermarks:
-    """Event-time watermark over several sources (topic partitions) read at different paces.
-
-    The watermark is the minimum of the sources' newest event times, minus the allowed
-    lateness. A source is idle, and stops holding the watermark back, only when it has
-    nothing more to read (caught up with its partition) AND its newest time is more than
-    `idle_after_ms` behind the newest of all: its vehicles went quiet, or it was revoked.
-    A source that lags because it is still catching up keeps holding the watermark (as Kafka
-    Streams' task idling does); otherwise the partition fetched first would declare every
-    vehicle of the others offline.
-    """
-
-    def __init__(self, allowed_lateness_ms: int, idle_after_ms: int | None) -> None:
-        """`idle_after_ms` None: no source is ever idle (every source seen holds the watermark)."""
-        self.allowed_lateness_ms = allowed_lateness_ms
-        self.idle_after_ms = idle_after_ms
-        self.newest: dict[Any, int] = {}
-        self.caught_up: dict[Any, bool] = {}
-
-    def observe(self, source: Any, event_ms: int, caught_up: bool = False) -> None:
-        """Record a message of `source` at `event_ms`; `caught_up`: nothing more to read there now."""
-        if event_ms > self.newest.get(source, -1):
-            self.newest[source] = event_ms
-        self.caught_up[source] = caught_up
-
-    def watermark_ms(self, required: set | None = None) -> int | None:
-        """None until every source in `required` (e.g. the assigned partitions holding data) has
-        been observed: a source not read yet may hold the oldest data of all."""
-        if not self.newest or (required and not required <= self.newest.keys()):
-            return None
-        latest = max(self.newest.values())
-        if self.idle_after_ms is None:
-            return min(self.newest.values()) - self.allowed_lateness_ms
-        active = [t for source, t in self.newest.items()
-                  if not (self.caught_up[source] and t < latest - self.idle_after_ms)]
-        return min(active) - self.allowed_lateness_ms
+# The aligner over several sources is the streaming edge's one Watermark; the name stays exported.
+SourceWatermarks = Watermark
