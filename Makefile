@@ -12,7 +12,7 @@ setup: $(GEN) system-deps
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,embedded]'
 	touch $@
 
 # Generated protobuf/gRPC code lives in libs/fleetloop/v1 and is never committed or edited.
