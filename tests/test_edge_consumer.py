@@ -1,0 +1,121 @@
+"""The streaming edge's consumer against the real broker: poison never kills (issue 11 §1/§2).
+
+A tombstone is dead-lettered before any handler sees it; a record whose handling raises is
+dead-lettered alone as handler_error while the rest lands; a transient error stalls the batch
+(uncommitted, `stalled` set) until it passes, and nothing is lost or dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer
+from fleetloop import topics
+from fleetloop.bus import BatchConsumer, Bus, Record, ensure_topics
+from fleetloop.v1 import deadletter_pb2
+
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "test.edge.v1"
+
+
+@pytest.fixture
+async def bus(broker: str):
+    await ensure_topics(broker, [TOPIC, topics.DEADLETTER], partitions=1)
+    bus = Bus(broker)
+    await bus.start()
+    yield bus
+    await bus.stop()
+
+
+async def dead_letters(bootstrap: str, expected: int) -> list[deadletter_pb2.DeadLetter]:
+    reader = AIOKafkaConsumer(topics.DEADLETTER, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                              enable_auto_commit=False, group_id="edge-dlq-reader")
+    await reader.start()
+    letters: list[deadletter_pb2.DeadLetter] = []
+    try:
+        while len(letters) < expected:
+            batch = await reader.getmany(timeout_ms=2000)
+            if not batch:
+                break
+            letters += [deadletter_pb2.DeadLetter.FromString(m.value) for ms in batch.values() for m in ms]
+    finally:
+        await reader.stop()
+    return letters
+
+
+class Recording:
+    """A handler that keeps the values it handled; raises `error` on a value in `poison`, and
+    `transient` the first `stalls` times it is called."""
+
+    def __init__(self, poison: set[bytes] = frozenset(), stalls: int = 0) -> None:
+        self.poison, self.stalls = poison, stalls
+        self.handled: list[bytes] = []
+        self.stalled_seen: set[str | None] = set()
+        self.consumer: BatchConsumer | None = None
+
+    async def __call__(self, records: list[Record]) -> list:
+        assert all(isinstance(r.value, bytes) for r in records)
+        if self.stalls:
+            self.stalls -= 1
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        if self.consumer is not None:
+            self.stalled_seen.add(self.consumer.stalled)
+        if any(r.value in self.poison for r in records):
+            raise ValueError("cannot handle this one")
+        self.handled += [r.value for r in records]
+        return []
+
+
+async def consume(broker: str, bus: Bus, handler: Recording, expected: int) -> BatchConsumer:
+    consumer = BatchConsumer(bootstrap=broker, group_id="test-edge", topic_names=[TOPIC], handler=handler,
+                             bus=bus, service="test-edge", poll_ms=100)
+    handler.consumer = consumer
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        async def done() -> bool:
+            if task.done():
+                task.result()
+            return consumer.records_done >= expected
+        await wait_until(done)
+    finally:
+        stop.set()
+        await task
+    return consumer
+
+
+async def test_a_tombstone_is_dead_lettered_before_the_handler(broker, bus) -> None:
+    await bus.send_many([(TOPIC, b"veh-1", b"one"), (TOPIC, b"veh-1", None), (TOPIC, b"veh-1", b"two")])
+    handler = Recording()
+    consumer = await consume(broker, bus, handler, 3)
+    assert handler.handled == [b"one", b"two"]
+    letters = await dead_letters(broker, 1)
+    assert [(letter.reason, letter.source_offset, letter.original) for letter in letters] == [("tombstone", 1, b"")]
+    assert consumer.refused == 1
+
+
+async def test_a_record_that_raises_is_dead_lettered_alone_and_the_rest_lands(broker, bus) -> None:
+    values = [f"record {i}".encode() for i in range(9)]
+    await bus.send_many([(TOPIC, b"veh-1", v) for v in values])
+    handler = Recording(poison={values[6]})
+    await consume(broker, bus, handler, len(values))
+    assert sorted(set(handler.handled)) == sorted(v for v in values if v != values[6])
+    letters = await dead_letters(broker, 2)
+    assert [(letter.reason, letter.source_offset, letter.original) for letter in letters] == [
+        ("handler_error", 6, values[6])]
+    assert letters[0].detail.startswith("ValueError: cannot handle this one")
+
+
+async def test_a_transient_error_stalls_the_batch_until_it_passes(broker, bus) -> None:
+    values = [f"record {i}".encode() for i in range(5)]
+    await bus.send_many([(TOPIC, b"veh-1", v) for v in values])
+    handler = Recording(stalls=3)
+    consumer = await consume(broker, bus, handler, len(values))
+    assert handler.handled == values                 # nothing lost, nothing dead-lettered
+    assert handler.stalled_seen == {"redis: TimeoutError"}  # the try that passed still saw the stall
+    assert consumer.stalled is None and consumer.refused == 0
+    assert await dead_letters(broker, 1) == []
