@@ -140,3 +140,12 @@ def test_manifest_decoder_checks_sizes_too() -> None:
         codec.decode_manifest(manifest.SerializeToString(), VEHICLE.encode())
     manifest.error = "disk full"
     assert codec.decode_manifest(manifest.SerializeToString(), VEHICLE.encode()) == manifest
+
+
+def test_bulk_callers_skip_only_plausibility() -> None:
+    fast = heartbeat(speed_mps=80.0).SerializeToString()
+    assert codec.decode(topics.HEARTBEAT, VEHICLE.encode(), fast, plausibility=False).heartbeat.speed_mps == 80.0
+    with pytest.raises(codec.Rejected, match="out_of_range"):
+        codec.decode(topics.HEARTBEAT, None, heartbeat(mode=300).SerializeToString(), plausibility=False)
+    with pytest.raises(codec.Rejected, match="tombstone"):
+        codec.decode(topics.POSE, None, None, plausibility=False)

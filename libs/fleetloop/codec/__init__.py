@@ -6,7 +6,14 @@ rules, applied to one message and to a batch alike), `messages` (events, percept
 UploadManifest). Every number they check is in `libs/fleetloop/limits.yaml` (`limits.LIMITS`).
 """
 
-from fleetloop.codec.envelope import PAYLOAD_BY_TOPIC, PAYLOADS, check_watermark, decode, decode_envelope
+from fleetloop.codec.envelope import (
+    PAYLOAD_BY_TOPIC,
+    PAYLOADS,
+    PLAUSIBILITY,
+    check_watermark,
+    decode,
+    decode_envelope,
+)
 from fleetloop.codec.heartbeat import check_heartbeat, heartbeat_suspects
 from fleetloop.codec.limits import LIMITS, Limits, load_limits
 from fleetloop.codec.messages import (
@@ -41,7 +48,7 @@ def encode(message) -> bytes:
 __all__ = [
     "LIMITS", "Limits", "MAX_ACCEL_MPS2", "MAX_AHEAD_OF_WATERMARK_MS", "MAX_BEHIND_WATERMARK_MS", "MAX_EVENT_MS",
     "MAX_SAMPLES_PER_BATCH", "MAX_SPEED_MPS", "MAX_STEP_SPEED_MPS", "MIN_EVENT_MS", "PAYLOADS", "PAYLOAD_BY_TOPIC",
-    "POSE_DTYPES", "Rejected", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "TIERS", "check_event",
+    "PLAUSIBILITY", "POSE_DTYPES", "Rejected", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "TIERS", "check_event",
     "check_heartbeat", "check_perception", "check_size", "check_watermark", "decode", "decode_envelope",
     "decode_manifest", "decode_trigger", "encode", "heartbeat_suspects", "in_time_range", "load_limits",
     "pose_arrays", "pose_batch", "pose_columns", "pose_screen",

@@ -25,16 +25,20 @@ PLAUSIBILITY = {
 }
 
 
-def decode(topic: str, key: bytes | None, value: bytes | None) -> common_pb2.Envelope:
+def decode(topic: str, key: bytes | None, value: bytes | None, *, plausibility: bool = True) -> common_pb2.Envelope:
     """A record of a fleet topic -> its Envelope, every stateless rule checked; raises Rejected.
 
-    The stateful rules (event time against a watermark) belong to the streaming edge.
+    plausibility=False leaves the payload's plausibility to a bulk caller, which screens a whole
+    batch with `heartbeat_suspects` / `pose_screen` and asks `PLAUSIBILITY` about the suspects; every
+    other check (size, envelope, enums, strings, repeated fields) still runs. The stateful rules
+    (event time against a watermark) belong to the streaming edge.
     """
     if topic not in PAYLOAD_BY_TOPIC:
         raise Rejected("unknown_topic", f"{topic!r} is not a fleet topic")
     payload = PAYLOAD_BY_TOPIC[topic]
     envelope = decode_envelope(check_size(topic, value), key, payload)
-    PLAUSIBILITY[payload](envelope)
+    if plausibility:
+        PLAUSIBILITY[payload](envelope)
     return envelope
 
 
