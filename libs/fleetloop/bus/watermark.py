@@ -15,7 +15,8 @@ is the median of those newest times (recomputed once per batch, `advance`), so f
 the vehicles cannot move it however far their clocks run. A record at event time t, appended by the
 broker at time a, is refused as
   * `future_timestamp` when t > a + max_ahead (ahead of the broker's own clock; a <= 0: unknown), or
-    t > R + max_ahead with R = W once known, else the vehicle's own newest time;
+    t > R + max_ahead with R = W once known, else the median of the newest times known so far (in
+    the first batch; a lone first vehicle is its own reference, bounded by the append time alone);
   * `stale_timestamp` when t < max(own newest, W) - max_behind.
 Bound: W never exceeds the newest accepted time of the median vehicle, and every accepted time is at
 most a + max_ahead, so a forged clock moves neither W nor any other vehicle's judgement.
@@ -92,7 +93,7 @@ class FleetClock:
             raise codec.Rejected("future_timestamp",
                                  f"{(event_ms - append_ms) / 1000:.0f} s ahead of the broker's append time")
         own = self.newest.get(vehicle_id, 0)
-        reference = self.watermark_ms or own
+        reference = self.watermark_ms or self._median()
         if reference and event_ms > reference + self.max_ahead_ms:
             raise codec.Rejected("future_timestamp", f"{(event_ms - reference) / 1000:.0f} s ahead of watermark")
         floor = max(own, self.watermark_ms)
@@ -110,7 +111,12 @@ class FleetClock:
 
     def advance(self) -> int:
         """Recompute W, the median of the vehicles' newest times (call once per batch); returns it."""
-        if self.newest:
-            times = sorted(self.newest.values())
-            self.watermark_ms = max(self.watermark_ms, times[(len(times) - 1) // 2])
+        self.watermark_ms = max(self.watermark_ms, self._median())
         return self.watermark_ms
+
+    def _median(self) -> int:
+        """The (lower) median of the vehicles' newest times; 0 with none."""
+        if not self.newest:
+            return 0
+        times = sorted(self.newest.values())
+        return times[(len(times) - 1) // 2]
