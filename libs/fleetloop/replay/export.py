@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scenariogeneration import xosc
 
+from fleetloop.codec import LIMITS
 from fleetloop.replay.pair import pair_to_scenario
 from fleetloop.replay.scenario import EGO, AgentClass
 from fleetloop.v1 import replay_pb2
@@ -49,9 +50,9 @@ ENTITY_KINDS = {
     AgentClass.CONE: ("misc", xosc.MiscObjectCategory.obstacle, 0.7),
     AgentClass.UNKNOWN: ("misc", xosc.MiscObjectCategory.obstacle, 1.0),
 }
-# Vehicle limits OpenSCENARIO requires: the fleet's plausibility bounds (codec.py), not performance figures.
-MAX_SPEED_MPS = 70.0
-MAX_ACCEL_MPS2 = 15.0
+# Vehicle limits OpenSCENARIO requires: the fleet's plausibility bounds (limits.yaml motion), not performance figures.
+MAX_SPEED_MPS = LIMITS.motion.max_speed_mps
+MAX_ACCEL_MPS2 = LIMITS.motion.max_accel_mps2
 PEDESTRIAN_MASS_KG = 75.0
 MISC_MASS_KG = 10.0
 
