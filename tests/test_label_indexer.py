@@ -11,7 +11,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
-from fleetloop.labels import LABEL_TABLE, label_second, load_taxonomy
+from fleetloop.labels import LABEL_TABLE, load_taxonomy
 from fleetloop.query import parse
 from fleetloop.query import truth as truth_of
 from fleetloop.query.index import HOUR_MS, HourIndex, evaluate, ids_of
@@ -23,6 +23,7 @@ from services.label_indexer.service import CONFIG as LABEL_CONFIG
 from services.label_indexer.service import INDEX_BITMAP_TABLE, INDEX_HOUR_TABLE, MIGRATIONS, LabelIndexer
 from tests.conftest import Running, assert_letters_point_at_their_records, truncate_owned_tables
 from tests.fleetdata import T0_MS, heartbeat, pose
+from tests.oracles.labelers import label_second
 
 TX = load_taxonomy()
 POS = ("fleet.pose.v1", 0)

@@ -6,11 +6,12 @@ import random
 
 import numpy as np
 from fleetloop import topics
-from fleetloop.labels import label_second, load_taxonomy
+from fleetloop.labels import load_taxonomy
 from fleetloop.labels.batch import SecondParts, label_seconds
 from fleetloop.sim import FleetSimulator, SimConfig
 from fleetloop.v1 import common_pb2 as pb
 
+from tests.oracles.labelers import label_second
 from tests.test_labels_labelers import T0, heartbeat, obj, perception, pose
 
 TX = load_taxonomy()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fleetloop.codec import Rejected, pose_batch
-from fleetloop.labels import LabelRow, label_second, load_taxonomy
-from fleetloop.labels.labelers import (
+from fleetloop.labels import LabelRow, load_taxonomy
+from fleetloop.v1 import common_pb2 as pb
+
+from tests.oracles.labelers import (
     SecondInputs,
     label_agents,
     label_ego,
@@ -14,8 +16,8 @@ from fleetloop.labels.labelers import (
     label_mode,
     label_perception,
     label_road,
+    label_second,
 )
-from fleetloop.v1 import common_pb2 as pb
 
 TX = load_taxonomy()
 TH = TX.thresholds

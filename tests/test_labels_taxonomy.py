@@ -7,8 +7,9 @@ import copy
 import pytest
 import yaml
 from fleetloop.labels import Tag, TaxonomyError, load_taxonomy, parse_taxonomy
-from fleetloop.labels.labelers import LABELERS
 from fleetloop.labels.taxonomy import DEFAULT_PATH
+
+from tests.oracles.labelers import LABELERS
 
 
 @pytest.fixture(scope="module")

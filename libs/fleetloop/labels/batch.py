@@ -1,12 +1,12 @@
-"""`label_seconds`: the labelers of `fleetloop.labels.labelers`, vectorised over many seconds.
+"""`label_seconds`: every tag family's labeler, vectorised over many seconds.
 
-`label_second` spends ~0.5 ms per vehicle-second in numpy calls on arrays of ten samples and
-a handful of objects; a 50-vehicle fleet replayed at demo speed needs thousands of seconds per
-second. This module computes the same labels for a whole batch at once: pose samples and
-perceived objects of all seconds are concatenated with a segment index, and every per-second
-statistic is a segmented reduction. The result is identical to `label_second` row by row
-(tests/test_label_indexer_batch.py checks every tag bit and numeric value on simulator data and on
-the hand-built cases); when a labeler changes, change both.
+Labelling one second at a time (`label_second`, the reference in tests/oracles/labelers.py) spends
+~0.5 ms per vehicle-second in numpy calls on arrays of ten samples and a handful of objects; a
+50-vehicle fleet replayed at demo speed needs thousands of seconds per second. This module computes
+the same labels for a whole batch at once: pose samples and perceived objects of all seconds are
+concatenated with a segment index, and every per-second statistic is a segmented reduction. The
+result is identical to `label_second` row by row (tests/test_label_indexer_batch.py checks every tag
+bit and numeric value on simulator data and on the hand-built cases).
 
 Means over pose samples are taken on (seconds, samples) matrices, one per sample count, so the
 float64 summation order is numpy's own, exactly as in `label_second`.
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from fleetloop.codec import POSE_DTYPES
-from fleetloop.labels import labelers as L
+from fleetloop.labels import codes as L
 from fleetloop.labels.row import LabelRow, label_columns
 from fleetloop.labels.taxonomy import WORD_BITS, Taxonomy
 from fleetloop.v1 import common_pb2 as pb

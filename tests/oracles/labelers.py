@@ -1,4 +1,9 @@
-"""Labelers: one small pure function per tag family, over one vehicle-second of inputs.
+"""Reference labelers (a test oracle): one small pure function per tag family over one vehicle-second,
+and `label_second`, which packs them into a `LabelRow`.
+
+Production labels with `fleetloop.labels.batch.label_seconds`, vectorised over many seconds; the
+tests check that it equals `label_second` here row by row, bit for bit. This version says what each
+label means one second at a time, so a labeler change is written here first and the batch follows.
 
 Each labeler takes the second's `SecondInputs` and the taxonomy thresholds and returns a
 `FamilyLabels`: the tags it could evaluate (True/False) and the numeric values it could
@@ -6,8 +11,7 @@ compute. A tag it cannot evaluate (its input is missing or UNSPECIFIED) is simpl
 which makes it UNKNOWN for the row — never a guess, never a crash.
 
 Frames and units follow common.proto: objects in the ego frame (+x ahead, +y left, m,
-m/s); pose samples at 10 Hz (m/s, m/s², rad/s). Per-object and per-sample logic is
-vectorised with numpy over the second's arrays.
+m/s); pose samples at 10 Hz (m/s, m/s², rad/s).
 """
 
 from __future__ import annotations
@@ -16,42 +20,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from fleetloop.codec import pose_columns
+from fleetloop.labels.codes import (
+    CLASS_TAGS,
+    CONNECTIVITY_TAGS,
+    JUNCTION_TAGS,
+    LIGHT_TAGS,
+    MODE_TAGS,
+    MPS_TO_KPH,
+    RARE_CLASSES,
+    ROAD_TAGS,
+    SPEED_BANDS,
+    TASK_TAGS,
+    VEHICLE_CLASSES,
+    VRU_CLASSES,
+    WEATHER_TAGS,
+)
+from fleetloop.labels.row import LabelRow
+from fleetloop.labels.taxonomy import Taxonomy
 from fleetloop.v1 import common_pb2 as pb
-
-MPS_TO_KPH = 3.6
-
-VEHICLE_CLASSES = (pb.OBJECT_CLASS_CAR, pb.OBJECT_CLASS_TRUCK, pb.OBJECT_CLASS_BUS,
-                   pb.OBJECT_CLASS_MOTORCYCLE, pb.OBJECT_CLASS_TRICYCLE)
-VRU_CLASSES = (pb.OBJECT_CLASS_PEDESTRIAN, pb.OBJECT_CLASS_CYCLIST, pb.OBJECT_CLASS_TRICYCLE,
-               pb.OBJECT_CLASS_MOTORCYCLE)
-RARE_CLASSES = (pb.OBJECT_CLASS_UNKNOWN, pb.OBJECT_CLASS_ANIMAL)
-CLASS_TAGS = {
-    pb.OBJECT_CLASS_CAR: "agent.car", pb.OBJECT_CLASS_TRUCK: "agent.truck",
-    pb.OBJECT_CLASS_BUS: "agent.bus", pb.OBJECT_CLASS_PEDESTRIAN: "agent.pedestrian",
-    pb.OBJECT_CLASS_CYCLIST: "agent.cyclist", pb.OBJECT_CLASS_TRICYCLE: "agent.tricycle",
-    pb.OBJECT_CLASS_MOTORCYCLE: "agent.motorcycle", pb.OBJECT_CLASS_CONE: "agent.cone",
-    pb.OBJECT_CLASS_ANIMAL: "agent.animal", pb.OBJECT_CLASS_UNKNOWN: "agent.unknown",
-}
-WEATHER_TAGS = {pb.WEATHER_CLEAR: "weather.clear", pb.WEATHER_CLOUDY: "weather.cloudy",
-                pb.WEATHER_RAIN: "weather.rain", pb.WEATHER_SNOW: "weather.snow",
-                pb.WEATHER_FOG: "weather.fog"}
-LIGHT_TAGS = {pb.LIGHT_DAY: "light.day", pb.LIGHT_DUSK: "light.dusk", pb.LIGHT_NIGHT: "light.night"}
-ROAD_TAGS = {pb.ROAD_TYPE_PARK: "road.park", pb.ROAD_TYPE_URBAN: "road.urban",
-             pb.ROAD_TYPE_TUNNEL: "road.tunnel", pb.ROAD_TYPE_ELEVATED: "road.elevated",
-             pb.ROAD_TYPE_HIGHWAY: "road.highway"}
-JUNCTION_TAGS = {pb.JUNCTION_TYPE_SIGNALIZED: "junction.signalized",
-                 pb.JUNCTION_TYPE_UNSIGNALIZED: "junction.unsignalized",
-                 pb.JUNCTION_TYPE_ROUNDABOUT: "junction.roundabout"}
-MODE_TAGS = {pb.DRIVING_MODE_AUTONOMOUS: "mode.autonomous", pb.DRIVING_MODE_REMOTE: "mode.remote",
-             pb.DRIVING_MODE_MANUAL: "mode.manual"}
-TASK_TAGS = {pb.TASK_STATE_IDLE: "task.idle", pb.TASK_STATE_RUNNING: "task.running",
-             pb.TASK_STATE_PAUSED: "task.paused", pb.TASK_STATE_DONE: "task.done"}
-CONNECTIVITY_TAGS = {pb.CONNECTIVITY_CELLULAR: "connectivity.cellular",
-                     pb.CONNECTIVITY_WIFI: "connectivity.wifi", pb.CONNECTIVITY_NONE: "connectivity.none"}
-SPEED_BANDS = ("ego.speed.crawl", "ego.speed.low", "ego.speed.medium", "ego.speed.high",
-               "ego.speed.very_high")
 
 
 @dataclass(frozen=True)
@@ -348,3 +335,38 @@ LABELERS: dict[str, Labeler] = {
     "mode": label_mode,
     "data": label_data,
 }
+
+
+def label_second(vehicle_id: str, second_ms: int, heartbeat: pb.Heartbeat | None,
+                 pose: pb.PoseBatch | None, perception: pb.PerceptionSummary | None,
+                 taxonomy: Taxonomy) -> LabelRow:
+    """Label one vehicle-second.
+
+    vehicle_id: the envelope's vehicle id. second_ms: any event time inside the second,
+    epoch ms UTC (floored to the second). heartbeat / pose / perception: that second's
+    messages, each may be None. Returns a LabelRow whose `known` bitset marks the tags the
+    inputs allowed to evaluate; everything else is unknown (e.g. no perception => weather,
+    light, agents unknown, and `data.no_perception` is TRUE). Numeric values are rounded
+    to float32, the column type, so the row equals what the table returns. A malformed
+    PoseBatch (column lengths not matching sample_count) raises `fleetloop.codec.Rejected`;
+    validate with `codec.pose_arrays` upstream and dead-letter it.
+    """
+    inputs = SecondInputs.of(heartbeat, pose, perception)
+    tags = known = 0
+    values: dict[str, float] = {}
+    for family, labeler in LABELERS.items():
+        result = labeler(inputs, taxonomy.thresholds)
+        for name, value in result.tags.items():
+            tag = taxonomy.tag(name)
+            if tag.family != family:
+                raise ValueError(f"labeler {family!r} emitted {name!r} of family {tag.family!r}")
+            known |= 1 << tag.bit
+            if value:
+                tags |= 1 << tag.bit
+        for name, number in result.values.items():
+            if np.isfinite(number):
+                values[name] = float(np.float32(number))
+    park = heartbeat.park if heartbeat is not None else ""
+    city = heartbeat.city if heartbeat is not None else ""
+    return LabelRow(vehicle_id=vehicle_id, ts_ms=second_ms - second_ms % 1000, tags=tags, known=known,
+                    values=values, taxonomy_version=taxonomy.version, park=park, city=city)
