@@ -58,5 +58,8 @@ def test_hand_built_edge_cases():
         (heartbeat(road_type=pb.ROAD_TYPE_UNSPECIFIED), None,
          perception([obj(pb.OBJECT_CLASS_PEDESTRIAN, 3.0, float(i)) for i in range(6)], road_type=pb.ROAD_TYPE_PARK,
                     planner_top_costs=[0.0, 0.0])),
+        # Exactly the crowd's minimum of pedestrians: the threshold's boundary, where >= and > differ.
+        (None, None, perception([obj(pb.OBJECT_CLASS_PEDESTRIAN, 3.0, float(i))
+                                 for i in range(int(TX.thresholds["crowd_min_pedestrians"]))])),
     ]
     assert_same([SecondParts("veh-x", T0 + 1000 * i + 17, *c) for i, c in enumerate(cases)])
