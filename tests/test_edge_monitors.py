@@ -1,0 +1,45 @@
+"""The monitors accept only what ingest accepts (issue 11 §6): a key-mismatch or wrong-payload
+heartbeat, which ingest dead-letters, must not raise an OFFLINE alert for a vehicle that does not
+exist (real broker, Redis, chDB, the faust monitors inside heartbeat-ingest)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fleetloop import topics
+from fleetloop.bus import ensure_topics
+
+from services.heartbeat_ingest.service import MIGRATIONS, HeartbeatIngest
+from tests.conftest import Running, truncate_owned_tables, wait_until
+from tests.fleetdata import T0_MS, drive, heartbeat, pose
+
+pytestmark = pytest.mark.integration
+GHOSTS = {"veh-ghost", "veh-ghost2"}
+
+
+async def test_refused_heartbeats_raise_no_alert_for_a_vehicle_that_does_not_exist(
+        settings, warehouse, redis_client) -> None:
+    warehouse.migrate("heartbeat_ingest", MIGRATIONS)
+    truncate_owned_tables(warehouse, ("ods_", "dwd_", "dws_"))
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    fleet = [(t, e.vehicle_id.encode(), e.SerializeToString()) for t, e in drive("veh-a", 300)]
+    # Ten seconds of each ghost, then silence while the fleet drives on: long enough for OFFLINE.
+    ghosts = [m for s in range(10) for m in (
+        (topics.HEARTBEAT, b"someone-else", heartbeat("veh-ghost", T0_MS + 1000 * s).SerializeToString()),
+        (topics.HEARTBEAT, b"veh-ghost2", pose("veh-ghost2", T0_MS + 1000 * s).SerializeToString()))]
+    running = Running(HeartbeatIngest, settings, warehouse)
+
+    async def settled() -> bool:
+        running.alive()
+        return await service.consumer.lag() == 0 and await service.settled()
+
+    async with running as service:
+        await running.bus.send_many(fleet[:20] + ghosts + fleet[20:])
+        await wait_until(settled, timeout_s=240, poll_s=0.5)
+        await asyncio.sleep(2)  # let the last take() window flush
+        await wait_until(settled, timeout_s=60, poll_s=0.5)
+        alerts = await service.alerts.newest(1000)
+        assert not {a.vehicle_id for a in alerts} & GHOSTS
+        assert service.consumer.refused == len(ghosts)
+        assert service.monitoring.skipped >= len(ghosts)
