@@ -93,10 +93,26 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            failed = await _until_stop_or_failure(stop, host.tasks)
             await host.stop()
+            if failed is not None:
+                typer.echo(f"fleetloop: service {failed.get_name()} failed: {failed.exception()}", err=True)
+                raise typer.Exit(1)
 
     asyncio.run(main())
+
+
+async def _until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task]) -> asyncio.Task | None:
+    """Wait for `stop` or for a service task to end; returns the task that ended, None on stop.
+
+    A service task only ends early when it failed (e.g. its gRPC port is taken), and the host
+    must not go on claiming to be up without it.
+    """
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    ended = [task for task in tasks if task in done]
+    return ended[0] if ended else None
 
 
 @app.command()
