@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import typer
 
 from fleetloop.config import Settings
@@ -210,11 +209,12 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
     asyncio.run(main())
 
 
-def _fleet_stub():
+def _fleet(method: str, request):
+    """One FleetService call on heartbeat-ingest; a failure is one line and exit code 2."""
+    from fleetloop.commands.rpc import call, endpoint
     from fleetloop.v1 import fleet_service_pb2_grpc
 
-    channel = grpc.insecure_channel(_endpoint("FLEET_GRPC"))
-    return fleet_service_pb2_grpc.FleetServiceStub(channel)
+    return call(endpoint("FLEET_GRPC"), fleet_service_pb2_grpc.FleetServiceStub, method, request)
 
 
 @fleet_app.command("summary")
@@ -225,12 +225,8 @@ def fleet_summary(group_by: str = typer.Option("park", help="park, city, route, 
     from fleetloop.report import table
     from fleetloop.v1 import fleet_service_pb2
 
-    try:
-        response = _fleet_stub().FleetSummary(
-            fleet_service_pb2.FleetSummaryRequest(start_ms=start_ms, end_ms=end_ms, group_by=group_by))
-    except grpc.RpcError as err:
-        typer.echo(f"error: {err.details()}", err=True)
-        raise typer.Exit(2) from None
+    response = _fleet("FleetSummary",
+                      fleet_service_pb2.FleetSummaryRequest(start_ms=start_ms, end_ms=end_ms, group_by=group_by))
     typer.echo(table(["group", "vehicles", "km", "operating h", "autonomous h", "autonomy", "avg km/h"],
                      [[r.group, r.vehicles, f"{r.km:,.1f}", f"{r.operating_h:,.1f}", f"{r.autonomous_h:,.1f}",
                        f"{r.autonomy_rate:.2%}", f"{r.avg_speed_kph:.1f}"] for r in response.rows]))
@@ -243,23 +239,24 @@ def fleet_vehicle(vehicle_id: str) -> None:
 
     from fleetloop.v1 import fleet_service_pb2
 
-    try:
-        state = _fleet_stub().GetVehicle(fleet_service_pb2.GetVehicleRequest(vehicle_id=vehicle_id))
-    except grpc.RpcError as err:
-        typer.echo(f"error: {err.details()}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(MessageToJson(state))
+    typer.echo(MessageToJson(_fleet("GetVehicle", fleet_service_pb2.GetVehicleRequest(vehicle_id=vehicle_id))))
+
+
+VEHICLE_STATUSES = ("online", "offline", "stopped")
 
 
 @fleet_app.command("list")
 def fleet_list(status: str = typer.Option("", help="online, offline or stopped"),
                park: str = typer.Option("")) -> None:
     """Vehicles by live status."""
+    from fleetloop.commands.rpc import fail
     from fleetloop.report import table
     from fleetloop.v1 import common_pb2, fleet_service_pb2
 
+    if status and status.lower() not in VEHICLE_STATUSES:
+        fail(f"unknown status {status!r}; one of: {', '.join(VEHICLE_STATUSES)}")
     wanted = fleet_service_pb2.VehicleStatus.Value(f"VEHICLE_STATUS_{status.upper()}") if status else 0
-    response = _fleet_stub().ListVehicles(fleet_service_pb2.ListVehiclesRequest(status=wanted, park=park))
+    response = _fleet("ListVehicles", fleet_service_pb2.ListVehiclesRequest(status=wanted, park=park))
     typer.echo(table(["vehicle", "status", "mode", "park", "km/h", "last seen (UTC)"], [
         [v.vehicle_id, fleet_service_pb2.VehicleStatus.Name(v.status).removeprefix("VEHICLE_STATUS_").lower(),
          common_pb2.DrivingMode.Name(v.mode).removeprefix("DRIVING_MODE_").lower(), v.park,

@@ -1,0 +1,56 @@
+"""Finding a fleetloop server and calling it from the command line.
+
+The address of a service comes from, in order: the command's flag, the environment variable
+`FLEETLOOP_<KEY>` (e.g. FLEETLOOP_FLEET_GRPC), the `<KEY>` entry of the running `fleetloop up`'s
+endpoints.json under the data dir. A failed call is one line on stderr and exit code 2, never a
+traceback (docs/ARCHITECTURE.md, gRPC services).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+import typer
+
+from fleetloop.config import Settings
+
+USER_ERROR_EXIT = 2
+
+
+def endpoint(key: str, flag: str | None = None) -> str:
+    """host:port of the service whose endpoints.json key is `key` (e.g. "FLEET_GRPC")."""
+    if flag:
+        return flag
+    env_name = f"FLEETLOOP_{key}"
+    if os.environ.get(env_name):
+        return os.environ[env_name]
+    path = Settings.from_env().data_dir / "endpoints.json"
+    if path.exists():
+        known = json.loads(path.read_text())
+        if key in known:
+            return known[key]
+    fail(f"set {env_name} or start `fleetloop up` first")
+
+
+def fail(message: str) -> NoReturn:
+    """Print `message` as one error line and leave with the user-error exit code."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(USER_ERROR_EXIT)
+
+
+def call(address: str, make_stub: Callable[[grpc.Channel], Any], method: str, request: Any) -> Any:
+    """One unary RPC `method` on the stub `make_stub` builds for `address`; returns the response.
+
+    A server that is not there, or one that refuses the request, ends the command with one line.
+    """
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return getattr(make_stub(channel), method)(request)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                fail(f"no fleetloop server answers at {address} (is `fleetloop up` running?)")
+            fail(err.details() or err.code().name)
