@@ -50,3 +50,11 @@ def test_fleet_commands_with_no_address_say_how_to_get_one(monkeypatch: pytest.M
     monkeypatch.delenv("FLEETLOOP_FLEET_GRPC", raising=False)
     monkeypatch.setenv("FLEETLOOP_DATA_DIR", str(tmp_path))
     assert "FLEETLOOP_FLEET_GRPC" in one_line_error(["fleet", "list"])
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"fleetloop {version('fleetloop')}"

@@ -22,6 +22,21 @@ fleet_app = typer.Typer(help="Query the fleet (FleetService on heartbeat-ingest)
 app.add_typer(fleet_app, name="fleet")
 
 
+def _print_version(wanted: bool) -> None:
+    """`--version`: the installed package's version, then exit."""
+    if wanted:
+        from importlib.metadata import version
+
+        typer.echo(f"fleetloop {version('fleetloop')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                        help="print the version and exit")) -> None:
+    """fleetloop: the data closed loop for an autonomous-vehicle fleet."""
+
+
 def _mount_subcommands() -> None:
     """Command groups of other parts of the loop; each module holds one typer app."""
     from fleetloop.commands import mine
