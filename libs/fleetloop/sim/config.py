@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from fleetloop.config import safe_load
 
 START_MS_DEFAULT = 1_780_293_600_000  # 2026-06-01T06:00:00Z
 
@@ -64,7 +64,11 @@ class SimConfig:
 
 
 @lru_cache(maxsize=1)
-def load_params() -> dict:
-    """The simulator parameters from sim.yaml next to this module."""
-    with open(Path(__file__).with_name("sim.yaml"), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+def load_sim_params() -> dict:
+    """The simulator's tuned parameters: sim.yaml next to this module, as a nested dict.
+
+    Read through the project's safe YAML reader (duplicate keys and alias bombs refused, errors name
+    the file); not yet a typed model.
+    """
+    path = Path(__file__).with_name("sim.yaml")
+    return safe_load(path.read_text(encoding="utf-8"), source=str(path))

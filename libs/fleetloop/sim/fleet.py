@@ -19,7 +19,7 @@ import numpy as np
 
 from fleetloop import topics
 from fleetloop.sim import wire
-from fleetloop.sim.config import SimConfig, load_params
+from fleetloop.sim.config import SimConfig, load_sim_params
 from fleetloop.sim.ground_truth import GroundTruth, Incident, MileageRow, VehicleInfo
 from fleetloop.sim.incidents import Behaviour, build_schedule
 from fleetloop.sim.world import (
@@ -129,7 +129,7 @@ class FleetSimulator:
     def __init__(self, config: SimConfig) -> None:
         config.validate()
         self.cfg = config
-        self.p = load_params()
+        self.p = load_sim_params()
         self.rng = np.random.default_rng(config.seed)
         self.bank = CurveBank()
         kin = self.p["kinematics"]
