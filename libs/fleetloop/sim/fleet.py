@@ -549,6 +549,11 @@ class FleetSimulator:
     def set_mode(self, i: int, mode: int) -> None:
         self.mode[i] = mode
 
+    def end_weave(self, i: int) -> None:
+        """Stop vehicle `i`'s weave; the lane keeper then re-centres the fleet's lateral offsets."""
+        self.w_on[i] = False
+        self._recentre = True
+
     def new_track_id(self) -> int:
         self._track_counter += 1
         return 128 + self._track_counter % 16000

@@ -307,8 +307,7 @@ class Weaving(Behaviour):
 
     def on_second(self, t_ms: int) -> None:
         if t_ms >= self.until_ms:
-            self.sim.w_on[self.i] = False
-            self.sim._recentre = True
+            self.sim.end_weave(self.i)
             self.end(t_ms)
 
 
