@@ -346,12 +346,12 @@ def test_per_vehicle_table_state_round_trip() -> None:
         if i in (12 * 125, 12 * 300):  # V003 / V009 offline, V004 stopped between levels
             monitor = VehicleMonitor(CONFIG)
             for vid, state in table.items():
-                monitor.import_vehicle(vid, json.loads(state))
+                monitor.restore_vehicle(vid, json.loads(state))
         alerts += monitor.on_heartbeat(env.vehicle_id, env.event_time_ms, env.heartbeat)
         watermark = max(watermark or 0, env.event_time_ms - CONFIG.clock.allowed_lateness_ms)
         alerts += monitor.advance(watermark)
         for vid in monitor.pop_dirty():
-            table[vid] = json.dumps(monitor.export_vehicle(vid))
+            table[vid] = json.dumps(monitor.snapshot_vehicle(vid))
     assert incidents(alerts) == reference
 
 

@@ -149,9 +149,9 @@ def test_checkpoint_mid_episode_resumes_without_loss_or_repeat(drive, drive_even
     envelopes, _ = drive
     runner = TriggerRunner(CFG, "veh-9")
     before = [e for env in envelopes[:cut] for e in runner.feed(env)]
-    state = runner.to_bytes()
+    state = runner.snapshot()
     assert len(state) < 8_000
-    restored = TriggerRunner.from_bytes(state, CFG)
+    restored = TriggerRunner.restore(state, CFG)
     after = [e for env in envelopes[cut:] for e in restored.feed(env)] + restored.flush()
     assert ids(before + after) == drive_events
     assert restored.stats["accepted"] == len(envelopes)
@@ -167,7 +167,7 @@ def test_checkpoint_inside_a_hard_brake_and_a_long_stop() -> None:
     out, last = [], 0
     for cut in cuts + [len(envelopes)]:
         out += [e for env in envelopes[last:cut] for e in runner.feed(env)]
-        runner = TriggerRunner.from_bytes(runner.to_bytes(), CFG)   # crash and resume
+        runner = TriggerRunner.restore(runner.snapshot(), CFG)   # crash and resume
         last = cut
     out += runner.flush()
     assert [e.trigger for e in out] == ["hard_brake", "stop_not_go"]
@@ -180,7 +180,7 @@ def test_foreign_and_empty_messages_are_skipped() -> None:
     assert runner.feed(pb.Envelope(vehicle_id="veh-1", event_time_ms=1)) == []
     assert runner.stats == {"wrong_vehicle": 1, "empty": 1}
     with pytest.raises(ValueError, match="state version"):
-        TriggerRunner.from_bytes(triggers_pb2.TriggerRunnerState(state_version=99).SerializeToString(), CFG)
+        TriggerRunner.restore(triggers_pb2.TriggerRunnerState(state_version=99).SerializeToString(), CFG)
 
 
 def test_malformed_pose_batch_is_dropped_and_counted() -> None:

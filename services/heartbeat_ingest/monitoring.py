@@ -123,7 +123,7 @@ class FleetMonitoring:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 await self._restore_vehicles(batch)
                 alerts, forwards = self._on_vehicle_batch(batch)
-                await self.checkpoints.save("vehicle", {vid: self.vehicle_monitor.vehicles.export_vehicle(vid)
+                await self.checkpoints.save("vehicle", {vid: self.vehicle_monitor.vehicles.snapshot_vehicle(vid)
                                                         for vid in self.vehicle_monitor.vehicles.pop_dirty()})
                 # Source partitions catch up at different paces, so forwards wait in an event-time heap
                 # until this agent's watermark passes them: the park topic then reads in time order.
@@ -144,7 +144,7 @@ class FleetMonitoring:
             async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 await self._restore_parks(batch)
                 await self._emit(self._on_park_batch(self._reorder(batch)))
-                await self.checkpoints.save("park", {park: self.park_monitor.parks.export_park(park)
+                await self.checkpoints.save("park", {park: self.park_monitor.parks.snapshot_park(park)
                                                      for park in self.park_monitor.parks.pop_dirty()})
                 self.park_records += len(batch)
 
@@ -160,14 +160,14 @@ class FleetMonitoring:
         if new:
             self._seen_vehicles |= new
             for vid, saved in (await self.checkpoints.load("vehicle", new)).items():
-                self.vehicle_monitor.vehicles.import_vehicle(vid, saved)
+                self.vehicle_monitor.vehicles.restore_vehicle(vid, saved)
 
     async def _restore_parks(self, batch: list) -> None:
         new = {str(event.key, "utf-8") for event in batch if event.key} - self._seen_parks
         if new:
             self._seen_parks |= new
             for park, saved in (await self.checkpoints.load("park", new)).items():
-                self.park_monitor.parks.import_park(park, saved)
+                self.park_monitor.parks.restore_park(park, saved)
 
     def _reorder(self, batch: list) -> list[common_pb2.Envelope]:
         """Release the park topic's messages in event-time order, PARK_REORDER_MS behind the newest.

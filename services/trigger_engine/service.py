@@ -6,7 +6,7 @@ gives partition i of every topic to one member: that member owns "partition grou
 runner of its vehicles.
 
 State: the edge's `StateCheckpoints` over the compacted topic `loop.trigger-state.v1`. After each
-batch, every runner the batch changed is written with `to_bytes()`, keyed by vehicle id and pinned
+batch, every runner the batch changed is written with `snapshot()`, keyed by vehicle id and pinned
 to partition i; the TriggerEvents are sent first, the checkpoints second, and only then does the
 consumer commit the input offsets. When partition group i is assigned, its runners are restored
 from partition i of the state topic (last value per vehicle wins). A runner whose state would not
@@ -200,12 +200,12 @@ class TriggerEngine(ConsumerRebalanceListener):
 
     async def _checkpoint(self, vehicles: list[str]) -> None:
         """Write the runners of `vehicles`; one too big for a message is trimmed, then written."""
-        refused = await self.checkpoints.write([(v, self.runners[v].to_bytes(), self.partition_of[v])
+        refused = await self.checkpoints.write([(v, self.runners[v].snapshot(), self.partition_of[v])
                                                 for v in vehicles])
         for vehicle_id in refused:
             self._trim(vehicle_id)
         if refused:
-            await self.checkpoints.write([(v, self.runners[v].to_bytes(), self.partition_of[v]) for v in refused])
+            await self.checkpoints.write([(v, self.runners[v].snapshot(), self.partition_of[v]) for v in refused])
 
     def _trim(self, vehicle_id: str) -> None:
         """Bound a runner whose state outgrew one message: drop its buffered input, and if that is not
@@ -216,7 +216,7 @@ class TriggerEngine(ConsumerRebalanceListener):
         runner.pending.clear()
         runner.pending_ids.clear()
         runner.closed_until_ms = max(runner.closed_until_ms, runner.max_event_ms + 1)
-        if self.checkpoints.oversized(vehicle_id, runner.to_bytes()):
+        if self.checkpoints.oversized(vehicle_id, runner.snapshot()):
             fresh = TriggerRunner(self.config, vehicle_id)
             fresh.closed_until_ms, fresh.max_event_ms = runner.closed_until_ms, runner.max_event_ms
             self.runners[vehicle_id] = fresh
@@ -260,7 +260,7 @@ class TriggerEngine(ConsumerRebalanceListener):
         except Exception as exc:
             raise Stall(f"{NAME}: trigger state of partitions {sorted(self.unrestored)} not restored") from exc
         for vehicle_id, (partition, value) in states.items():
-            self.runners[vehicle_id] = TriggerRunner.from_bytes(value, self.config)
+            self.runners[vehicle_id] = TriggerRunner.restore(value, self.config)
             self.partition_of[vehicle_id] = partition
         self.restored += len(states)
         log.info("%s: restored %d runners of partitions %s", NAME, len(states), sorted(self.unrestored))

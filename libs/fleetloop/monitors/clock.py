@@ -81,13 +81,13 @@ class EventClock:
             self.watermark_ms = candidate_ms
         return self.watermark_ms
 
-    def to_state(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """JSON-compatible state (mode, lateness, newest event time, watermark; not the offset)."""
         return {"mode": self.mode.value, "lateness_ms": self.allowed_lateness_ms,
                 "max_event_ms": self.max_event_ms, "watermark_ms": self.watermark_ms}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> EventClock:
+    def restore(cls, state: dict[str, Any]) -> EventClock:
         clock = cls(ClockMode(state["mode"]), int(state["lateness_ms"]))
         clock.max_event_ms = state["max_event_ms"]
         clock.watermark_ms = state["watermark_ms"]

@@ -114,7 +114,7 @@ class FleetMonitor:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, as a JSON-compatible dict."""
-        return {"version": STATE_VERSION, "clock": self.clock.to_state(),
+        return {"version": STATE_VERSION, "clock": self.clock.snapshot(),
                 "vehicles": None if self.vehicles is None else self.vehicles.snapshot(),
                 "parks": None if self.parks is None else self.parks.snapshot()}
 
@@ -123,7 +123,7 @@ class FleetMonitor:
         """Continue from `snapshot()`: open incidents neither re-raise nor get lost."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"monitor state version {state.get('version')!r} is not {STATE_VERSION}")
-        clock = EventClock.from_state(state["clock"])
+        clock = EventClock.restore(state["clock"])
         monitor = cls(config, clock.mode, vehicles=state["vehicles"] is not None, parks=state["parks"] is not None)
         monitor.clock = clock
         if state["vehicles"] is not None:

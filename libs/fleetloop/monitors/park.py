@@ -352,7 +352,7 @@ class ParkMonitor:
         dirty, self._dirty = self._dirty, set()
         return dirty
 
-    def export_park(self, scope: str) -> dict[str, Any] | None:
+    def snapshot_park(self, scope: str) -> dict[str, Any] | None:
         """One scope's state (its vehicles, open stall, code windows) as a JSON-compatible dict."""
         park = self._parks.get(scope)
         if park is None:
@@ -375,8 +375,8 @@ class ParkMonitor:
                       for key, w in park.codes.items()},
         }
 
-    def import_park(self, scope: str, state: dict[str, Any]) -> None:
-        """Replace one scope's state with an `export_park` dict (e.g. from a faust table)."""
+    def restore_park(self, scope: str, state: dict[str, Any]) -> None:
+        """Replace one scope's state with an `snapshot_park` dict (e.g. from a faust table)."""
         park = _Park(scope, state["park"], state["city"], int(state["first"]))
         for vehicle_id, (seen, version, running, stop_start, x, y, stalled) in state["vehicles"].items():
             rec = _ParkVehicle(scope)
@@ -403,14 +403,14 @@ class ParkMonitor:
     def snapshot(self) -> dict[str, Any]:
         """The whole monitor as a JSON-compatible dict."""
         return {"watermark_ms": self._watermark_ms, "next_sweep_ms": self._next_sweep_ms,
-                "parks": {scope: self.export_park(scope) for scope in self._parks}}
+                "parks": {scope: self.snapshot_park(scope) for scope in self._parks}}
 
     @classmethod
     def restore(cls, config: MonitorConfig, state: dict[str, Any]) -> ParkMonitor:
         """A monitor continuing from `snapshot()`: open incidents stay open, none is raised twice."""
         monitor = cls(config)
         for scope, park_state in state["parks"].items():
-            monitor.import_park(scope, park_state)
+            monitor.restore_park(scope, park_state)
         monitor._watermark_ms = state["watermark_ms"]
         monitor._next_sweep_ms = state["next_sweep_ms"]
         return monitor

@@ -188,7 +188,7 @@ class VehicleMonitor:
         dirty, self._dirty = self._dirty, set()
         return dirty
 
-    def export_vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
+    def snapshot_vehicle(self, vehicle_id: str) -> dict[str, Any] | None:
         """One vehicle's state as a compact JSON-compatible dict (None if unknown)."""
         v = self._vehicles.get(vehicle_id)
         if v is None:
@@ -199,8 +199,8 @@ class VehicleMonitor:
             state["s"] = [v.stop_start_ms, v.stop_x, v.stop_y, v.stop_level, v.stop_opened_ms]
         return state
 
-    def import_vehicle(self, vehicle_id: str, state: dict[str, Any]) -> None:
-        """Replace one vehicle's state with an `export_vehicle` dict (e.g. from a faust table)."""
+    def restore_vehicle(self, vehicle_id: str, state: dict[str, Any]) -> None:
+        """Replace one vehicle's state with an `snapshot_vehicle` dict (e.g. from a faust table)."""
         v = _Vehicle(int(state["to"]))
         v.last_seen_ms, v.park, v.city = int(state["t"]), state["pk"], state["c"]
         v.running, v.parked_idle, v.offline = bool(state["r"]), bool(state["pi"]), int(state["off"])
@@ -215,14 +215,14 @@ class VehicleMonitor:
     def snapshot(self) -> dict[str, Any]:
         """The whole monitor as a JSON-compatible dict."""
         return {"watermark_ms": self._watermark_ms,
-                "vehicles": {vid: self.export_vehicle(vid) for vid in self._vehicles}}
+                "vehicles": {vid: self.snapshot_vehicle(vid) for vid in self._vehicles}}
 
     @classmethod
     def restore(cls, config: MonitorConfig, state: dict[str, Any]) -> VehicleMonitor:
         """A monitor continuing from `snapshot()`: open incidents stay open, none is raised twice."""
         monitor = cls(config)
         for vehicle_id, vehicle_state in state["vehicles"].items():
-            monitor.import_vehicle(vehicle_id, vehicle_state)
+            monitor.restore_vehicle(vehicle_id, vehicle_state)
         monitor._watermark_ms = state["watermark_ms"]
         return monitor
 

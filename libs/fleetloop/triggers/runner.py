@@ -14,7 +14,7 @@ when an event is emitted, never which events there are. Input rules:
   for braking and weaving dynamics, two minutes for a vehicle stuck in place);
 - another vehicle's messages or an envelope without payload: skipped and counted.
 
-`to_bytes()`/`from_bytes()` checkpoint everything (buffer included), so a service that restores
+`snapshot()`/`restore()` checkpoint everything (buffer included), so a service that restores
 the checkpoint and re-reads its input from the matching offsets emits no event twice and loses none.
 """
 
@@ -85,7 +85,7 @@ class TriggerRunner:
         """Counters: accepted, duplicate, stale, wrong_vehicle, empty, masked_values, malformed_pose."""
         return {k: v for k, v in self.counters.items() if v}
 
-    def to_bytes(self) -> bytes:
+    def snapshot(self) -> bytes:
         """The whole runner state, compact: open episodes, carry, buffered messages, counters."""
         carry = {"frames": self.carry.snapshot(), "triggers": {t.name: t.snapshot() for t in self.triggers}}
         state = triggers_pb2.TriggerRunnerState(
@@ -98,8 +98,8 @@ class TriggerRunner:
         return state.SerializeToString()
 
     @classmethod
-    def from_bytes(cls, data: bytes, config: TriggerConfig) -> TriggerRunner:
-        """Restore a runner from `to_bytes()`. Raises ValueError for an unknown state version."""
+    def restore(cls, data: bytes, config: TriggerConfig) -> TriggerRunner:
+        """Restore a runner from `snapshot()`. Raises ValueError for an unknown state version."""
         state = triggers_pb2.TriggerRunnerState.FromString(data)
         if state.state_version != STATE_VERSION:
             raise ValueError(f"unknown trigger runner state version {state.state_version}")
