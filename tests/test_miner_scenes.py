@@ -160,3 +160,20 @@ stages:
         stop.set()
         await task
         truncate_owned_tables(warehouse, ("trigger_events",))
+
+
+def test_curriculum_from_the_wire_is_bounded_and_typed():
+    """An alias bomb is refused before it expands; NaN weights and unknown keys are refused with the key path."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(7)) + "stages: [{scene: s, samples: 1}]\n"
+    assert len(bomb) < 600
+    with pytest.raises(ValueError, match="expan|alias|nodes"):
+        Curriculum.from_yaml(bomb)
+    with pytest.raises(ValueError, match=r"stages\.0\.weight"):
+        Curriculum.from_yaml("stages: [{scene: s, samples: 1, weight: .nan}]")
+    with pytest.raises(ValueError, match=r"stages\.0\.colour"):
+        Curriculum.from_yaml("stages: [{scene: s, samples: 1, colour: red}]")
+    with pytest.raises(ValueError, match="curriculum"):
+        Curriculum.from_yaml("stages: [{scene: s, samples: 1")   # a YAML syntax error names the source

@@ -21,14 +21,15 @@ and a weight; `manifest_table` turns mined clips into the weighted dataset manif
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import yaml
+from fleetloop.config import ConfigModel, parse_yaml, safe_load
 from fleetloop.labels import Taxonomy
+from pydantic import Field
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
@@ -51,7 +52,7 @@ class SceneConfig:
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> SceneConfig:
-        data = yaml.safe_load(path.read_text())["scenes"]
+        data = safe_load(path.read_text(), source=str(path))["scenes"]
         return cls(window_pre_s=int(data["window_pre_s"]), window_post_s=int(data["window_post_s"]),
                    families=tuple(data["families"]), max_clusters=int(data["max_clusters"]),
                    min_problems=int(data["min_problems"]), dominant_share=float(data["dominant_share"]),
@@ -175,20 +176,32 @@ class Curriculum:
 
     @classmethod
     def from_yaml(cls, text: str) -> Curriculum:
-        """Parse a curriculum: {name, stages: [{scene, samples, weight?, expression?}]}; ValueError if bad."""
-        data = yaml.safe_load(text)
-        if not isinstance(data, Mapping) or not isinstance(data.get("stages"), list) or not data["stages"]:
-            raise ValueError("a curriculum needs a non-empty `stages` list")
-        stages = []
-        for i, raw in enumerate(data["stages"]):
-            if not isinstance(raw, Mapping) or "scene" not in raw or "samples" not in raw:
-                raise ValueError(f"stage {i + 1} needs `scene` and `samples`")
-            stage = Stage(scene=str(raw["scene"]), samples=int(raw["samples"]), weight=float(raw.get("weight", 1.0)),
-                          expression=str(raw.get("expression", "")))
-            if stage.samples < 1 or stage.weight <= 0:
-                raise ValueError(f"stage {i + 1}: samples must be >= 1 and weight > 0")
-            stages.append(stage)
-        return cls(str(data.get("name", "curriculum")), tuple(stages))
+        """Parse a curriculum: {name, stages: [{scene, samples, weight?, expression?}]}.
+
+        The text comes from the wire: it is read by the one safe loader with a small expansion bound (an
+        alias bomb is refused before it is built) and validated as `CurriculumFile`; anything wrong is a
+        ConfigError (a ValueError) naming the key path, e.g. `curriculum: stages.1.weight: ...`.
+        """
+        file = parse_yaml(text, CurriculumFile, source="curriculum", max_nodes=MAX_CURRICULUM_NODES)
+        return cls(file.name, tuple(Stage(s.scene, s.samples, s.weight, s.expression) for s in file.stages))
+
+
+# A curriculum names a few dozen stages; 10,000 YAML nodes after alias expansion is far beyond any real one.
+MAX_CURRICULUM_NODES = 10_000
+
+
+class StageModel(ConfigModel):
+    scene: str = Field(min_length=1, max_length=200)
+    samples: int = Field(ge=1, le=1_000_000)
+    weight: float = Field(1.0, gt=0)
+    expression: str = Field("", max_length=10_000)
+
+
+class CurriculumFile(ConfigModel):
+    """A curriculum as sent: its name and a non-empty list of stages (NaN or inf weights are refused)."""
+
+    name: str = Field("curriculum", max_length=200)
+    stages: list[StageModel] = Field(min_length=1, max_length=1_000)
 
 
 MANIFEST_SCHEMA = pa.schema([("stage", pa.int32()), ("scene", pa.string()), ("expression", pa.string()),

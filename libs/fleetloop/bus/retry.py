@@ -12,7 +12,7 @@ from tenacity import wait_exponential_jitter
 
 # Backoff between tries of a stalled batch: 0.2 s doubling to 10 s, plus up to 1 s of jitter so
 # replicas that stalled together do not retry in lockstep.
-BACKOFF = wait_exponential_jitter(initial=0.2, max=10.0, jitter=1.0)
+BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=1.0)
 
 
 class Stall(Exception):
