@@ -66,12 +66,6 @@ def heartbeat_tables(envs: Sequence[common_pb2.Envelope]) -> tuple[pa.Table, pa.
     return ods, dwd
 
 
-# The vectorised screens are the codec's, beside the per-message rules they apply (one statement
-# of each rule); the ingest handler calls them by these names.
-heartbeat_suspects = codec.heartbeat_suspects
-pose_columns = codec.pose_screen
-
-
 def pose_tables(envs: Sequence[common_pb2.Envelope], arrays: dict[str, np.ndarray],
                 counts: np.ndarray) -> tuple[pa.Table, pa.Table]:
     """(ods_pose rows, dwd_vehicle_second partial rows) for good pose batches.

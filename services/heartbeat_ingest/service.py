@@ -35,7 +35,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 PAYLOAD_BY_TOPIC = {topics.HEARTBEAT: "heartbeat", topics.POSE: "pose", topics.EVENTS: "event",
                     topics.PERCEPTION: "perception"}
 # Events and perception are few per second: checked one by one. Heartbeat and pose are screened in bulk.
-_PER_MESSAGE_CHECKS = {"event": codec.check_event, "perception": codec.check_perception}
 ROLLUP_EVERY_S = 30.0  # wall-clock cadence of the daily recompute; an infrastructure knob, not logic
 
 ROLLUP_SQL = """
@@ -96,10 +95,10 @@ class HeartbeatIngest:
         for record in records:
             payload = PAYLOAD_BY_TOPIC[record.topic]
             try:
-                env = codec.decode_envelope(record.value, record.key, payload)
+                env = codec.decode(record.topic, record.key, record.value, plausibility=False)
                 self.clock.check(env.vehicle_id, env.event_time_ms, record.timestamp_ms)
-                if payload in _PER_MESSAGE_CHECKS:
-                    _PER_MESSAGE_CHECKS[payload](getattr(env, payload))
+                if payload in ("event", "perception"):  # few per second: judged one by one
+                    codec.PLAUSIBILITY[payload](env)
             except codec.Rejected as rejected:
                 refusals.append(Refusal(record, rejected.reason, rejected.detail))
                 continue
@@ -110,20 +109,19 @@ class HeartbeatIngest:
         heartbeats = by_kind["heartbeat"]
         if heartbeats:
             ods, dwd = rows.heartbeat_tables([env for _, env in heartbeats])
-            suspects = rows.heartbeat_suspects(ods)
+            suspects = codec.heartbeat_suspects(ods)
             if suspects.any():
-                heartbeats = self._judge(heartbeats, suspects, lambda env: codec.check_heartbeat(env.heartbeat),
-                                         refusals)
+                heartbeats = self._judge(heartbeats, suspects, codec.PLAUSIBILITY["heartbeat"], refusals)
                 ods, dwd = rows.heartbeat_tables([env for _, env in heartbeats])
             await self.warehouse.ainsert_arrow("ods_heartbeat", ods)
             await self.warehouse.ainsert_arrow("dwd_vehicle_second", dwd)
 
         poses = by_kind["pose"]
         if poses:
-            arrays, counts, suspects = rows.pose_columns([env.pose for _, env in poses])
+            arrays, counts, suspects = codec.pose_screen([env.pose for _, env in poses])
             if suspects.any():
-                poses = self._judge(poses, suspects, lambda env: codec.pose_arrays(env.pose), refusals)
-                arrays, counts, _ = rows.pose_columns([env.pose for _, env in poses])
+                poses = self._judge(poses, suspects, codec.PLAUSIBILITY["pose"], refusals)
+                arrays, counts, _ = codec.pose_screen([env.pose for _, env in poses])
             if poses:
                 ods, dwd = rows.pose_tables([env for _, env in poses], arrays, counts)
                 await self.warehouse.ainsert_arrow("ods_pose", ods)

@@ -43,15 +43,6 @@ INDEX_BITMAP_TABLE = "dwd_label_index_bitmap"
 _DATA_TAGS = {"heartbeat": "data.no_heartbeat", "pose": "data.no_pose", "perception": "data.no_perception"}
 
 
-def _check(payload: str, env) -> None:
-    if payload == "heartbeat":
-        codec.check_heartbeat(env.heartbeat)
-    elif payload == "pose":
-        codec.pose_arrays(env.pose)
-    else:
-        codec.check_perception(env.perception)
-
-
 class LabelIndexer:
     """The service; `handle` is the consumer's handler and the tests' entry point."""
 
@@ -93,10 +84,9 @@ class LabelIndexer:
         for record in records:
             payload = PAYLOAD_BY_TOPIC[record.topic]
             try:
-                env = codec.decode_envelope(record.value, record.key, payload)
+                env = codec.decode(record.topic, record.key, record.value)
                 self.clock.check(env.vehicle_id, env.event_time_ms, record.timestamp_ms)
                 codec.check_watermark(env.event_time_ms, self.joiner.watermark_ms)
-                _check(payload, env)
                 self.joiner.add(payload, env.vehicle_id, env.event_time_ms, getattr(env, payload),
                                 (record.topic, record.partition), record.offset)
                 self.clock.observe(env.vehicle_id, env.event_time_ms)
