@@ -27,6 +27,13 @@ def key(service: str, what: str, ident: str = "") -> str:
     return f"fl:{service}:{what}:{ident}" if ident else f"fl:{service}:{what}"
 
 
-def connect(url: str) -> aioredis.Redis:
-    """An asyncio Redis client that returns `str` values."""
-    return aioredis.from_url(url, decode_responses=True)
+# A Redis that stops answering (a stall, a SIGSTOP, a network partition) must fail a call, not hang it:
+# the consumer then retries the batch with backoff, uncommitted, and reports itself stalled.
+REDIS_TIMEOUT_S = 5.0
+
+
+def connect(url: str, *, decode_responses: bool = True) -> aioredis.Redis:
+    """An asyncio Redis client (returning `str` values unless `decode_responses=False`) whose calls
+    raise TimeoutError after REDIS_TIMEOUT_S instead of waiting for a stalled server for good."""
+    return aioredis.from_url(url, decode_responses=decode_responses, socket_timeout=REDIS_TIMEOUT_S,
+                             socket_connect_timeout=REDIS_TIMEOUT_S)

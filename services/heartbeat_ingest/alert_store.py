@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
 from fleetloop.monitors import acknowledge, apply_monitor_update, resolve
-from fleetloop.state import key
+from fleetloop.state import connect, key
 from fleetloop.v1 import alerts_pb2
 
 INDEX = key("ingest", "alerts")
@@ -23,7 +22,7 @@ def alert_key(alert_id: str) -> str:
 class AlertStore:
     def __init__(self, url: str) -> None:
         # Alerts are stored as protobuf bytes, so this client does not decode responses.
-        self.client = aioredis.from_url(url, decode_responses=False)
+        self.client = connect(url, decode_responses=False)
 
     async def get(self, alert_id: str) -> alerts_pb2.Alert | None:
         raw = await self.client.get(alert_key(alert_id))
