@@ -211,10 +211,7 @@ class TriggerEngine(ConsumerRebalanceListener):
         enough, start it afresh keeping only its clocks (so replays stay duplicates)."""
         runner = self.runners[vehicle_id]
         self.trimmed += 1
-        dropped = sum(len(envs) for envs in runner.pending.values())
-        runner.pending.clear()
-        runner.pending_ids.clear()
-        runner.closed_until_ms = max(runner.closed_until_ms, runner.max_event_ms + 1)
+        dropped = runner.drop_pending()
         if self.checkpoints.oversized(vehicle_id, runner.snapshot()):
             fresh = TriggerRunner(self.config, vehicle_id)
             fresh.closed_until_ms, fresh.max_event_ms = runner.closed_until_ms, runner.max_event_ms

@@ -10,7 +10,7 @@ from fleetloop.monitors.alerts import (
     apply_monitor_update,
     resolve,
 )
-from fleetloop.monitors.clock import ClockMode, EventClock, SourceWatermarks
+from fleetloop.monitors.clock import ClockMode, EventClock
 from fleetloop.monitors.config import MonitorConfig, load_monitor_config
 from fleetloop.monitors.fleet import FleetMonitor, MonitorInputError
 from fleetloop.monitors.park import ParkMonitor
@@ -24,7 +24,6 @@ __all__ = [
     "MonitorConfig",
     "MonitorInputError",
     "ParkMonitor",
-    "SourceWatermarks",
     "VehicleMonitor",
     "acknowledge",
     "apply_monitor_update",

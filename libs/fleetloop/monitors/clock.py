@@ -24,8 +24,6 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from fleetloop.bus.watermark import Watermark
-
 
 class ClockMode(enum.Enum):
     EVENT = "event"
@@ -93,6 +91,3 @@ class EventClock:
         clock.watermark_ms = state["watermark_ms"]
         return clock
 
-
-# The aligner over several sources is the streaming edge's one Watermark; the name stays exported.
-SourceWatermarks = Watermark

@@ -49,7 +49,7 @@ class FleetMonitor:
         if not (vehicles or parks):
             raise ValueError("a FleetMonitor needs the vehicle monitors, the park monitors or both")
         self.config = config
-        # external_watermark: the caller drives event time with advance() (see clock.SourceWatermarks).
+        # external_watermark: the caller drives event time with advance() (see fleetloop.bus.Watermark).
         self.clock = EventClock(mode, config.clock.allowed_lateness_ms, external=external_watermark)
         self.vehicles: VehicleMonitor | None = VehicleMonitor(config) if vehicles else None
         self.parks: ParkMonitor | None = ParkMonitor(config) if parks else None

@@ -80,6 +80,15 @@ class TriggerRunner:
         detections = [d for trig in self.triggers for d in trig.finish()]
         return events + self._events(detections)
 
+    def drop_pending(self) -> int:
+        """Forget the buffered, not yet evaluated input and close the stream up to the newest event seen
+        (a replay of it is then stale, never evaluated late); returns the number of messages dropped."""
+        dropped = sum(len(envs) for envs in self.pending.values())
+        self.pending.clear()
+        self.pending_ids.clear()
+        self.closed_until_ms = max(self.closed_until_ms, self.max_event_ms + 1)
+        return dropped
+
     @property
     def stats(self) -> dict[str, int]:
         """Counters: accepted, duplicate, stale, wrong_vehicle, empty, masked_values, malformed_pose."""
