@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fleetloop import topics
+from fleetloop import codec, topics
 from fleetloop.bus import Bus, Record, ensure_topics
 from fleetloop.commands.metrics import app as metrics_cli
 from fleetloop.grpc_server import Servicer, start_server
@@ -35,7 +35,7 @@ def land_mileage(warehouse, messages) -> None:
     beats = [env for topic, env in messages if topic == topics.HEARTBEAT]
     poses = [env for topic, env in messages if topic == topics.POSE]
     warehouse.insert_arrow("dwd_vehicle_second", rows.heartbeat_tables(beats)[1])
-    arrays, counts, _ = rows.pose_columns([env.pose for env in poses])
+    arrays, counts, _ = codec.pose_screen([env.pose for env in poses])
     warehouse.insert_arrow("dwd_vehicle_second", rows.pose_tables(poses, arrays, counts)[1])
 
 

@@ -7,7 +7,7 @@ import time
 import grpc
 import typer
 
-from fleetloop.commands.metrics import fleet_grpc_address
+from fleetloop.commands.rpc import endpoint
 from fleetloop.report import alerts_report
 
 app = typer.Typer(help="Fleet alerts: list, acknowledge, resolve (AlertService)", no_args_is_help=True)
@@ -16,7 +16,7 @@ app = typer.Typer(help="Fleet alerts: list, acknowledge, resolve (AlertService)"
 def _stub():
     from fleetloop.v1 import alerts_pb2_grpc
 
-    return alerts_pb2_grpc.AlertServiceStub(grpc.insecure_channel(fleet_grpc_address()))
+    return alerts_pb2_grpc.AlertServiceStub(grpc.insecure_channel(endpoint("FLEET_GRPC")))
 
 
 def _call(method, request):

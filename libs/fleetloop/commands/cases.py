@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import grpc
 import typer
 
+from fleetloop.commands.rpc import endpoint
 from fleetloop.report import table
 
 app = typer.Typer(help="Cases: list, show, adjudicate, export (CaseService on case-assembler)", no_args_is_help=True)
@@ -18,21 +17,10 @@ VERDICTS = ("dangerous", "stupid", "not_an_issue")
 RESPONSIBILITIES = ("unspecified", "ours", "shared", "third_party")
 
 
-def cases_grpc_address(environ: dict[str, str] | None = None, data_dir: Path | None = None) -> str:
-    """FLEETLOOP_CASES_GRPC, else the "CASES_GRPC" entry of the running `fleetloop up`'s endpoints.json."""
-    env = os.environ if environ is None else environ
-    if env.get("FLEETLOOP_CASES_GRPC"):
-        return env["FLEETLOOP_CASES_GRPC"]
-    path = (data_dir or Path(env.get("FLEETLOOP_DATA_DIR", ".fleetloop"))) / "endpoints.json"
-    if path.exists() and "CASES_GRPC" in json.loads(path.read_text()):
-        return json.loads(path.read_text())["CASES_GRPC"]
-    raise typer.BadParameter("set FLEETLOOP_CASES_GRPC or start `fleetloop up` first")
-
-
 def _call(method: str, request):
     from fleetloop.v1 import case_service_pb2_grpc
 
-    with grpc.insecure_channel(cases_grpc_address()) as channel:
+    with grpc.insecure_channel(endpoint("CASES_GRPC")) as channel:
         try:
             return getattr(case_service_pb2_grpc.CaseServiceStub(channel), method)(request)
         except grpc.RpcError as err:

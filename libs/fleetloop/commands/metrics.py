@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import grpc
 import typer
 
+from fleetloop.commands.rpc import endpoint
 from fleetloop.report import table
 
 app = typer.Typer(help="MPS, MPD and MPI per 10,000 km and km per event (MetricsService)",
                   invoke_without_command=True)
 
 METRICS = ("mps", "mpd_all", "mpd_resp", "mpi")
-
-
-def fleet_grpc_address(environ: dict[str, str] | None = None, data_dir: Path | None = None) -> str:
-    """FLEETLOOP_FLEET_GRPC, else the "FLEET_GRPC" entry of the running `fleetloop up`'s endpoints.json."""
-    env = os.environ if environ is None else environ
-    if env.get("FLEETLOOP_FLEET_GRPC"):
-        return env["FLEETLOOP_FLEET_GRPC"]
-    path = (data_dir or Path(env.get("FLEETLOOP_DATA_DIR", ".fleetloop"))) / "endpoints.json"
-    if path.exists():
-        return json.loads(path.read_text())["FLEET_GRPC"]
-    raise typer.BadParameter("set FLEETLOOP_FLEET_GRPC or start `fleetloop up` first")
 
 
 @app.callback()
@@ -37,7 +23,7 @@ def metrics(group_by: str = typer.Option("", "--group-by", help="day, week, vehi
     """Print the metrics table, one row per group."""
     from fleetloop.v1 import metrics_pb2, metrics_pb2_grpc
 
-    with grpc.insecure_channel(fleet_grpc_address()) as channel:
+    with grpc.insecure_channel(endpoint("FLEET_GRPC")) as channel:
         try:
             response = metrics_pb2_grpc.MetricsServiceStub(channel).GetMetrics(metrics_pb2.GetMetricsRequest(
                 start_ms=start_ms, end_ms=end_ms, group_by=group_by, weighted=weighted))

@@ -7,35 +7,20 @@ miner's address comes from FLEETLOOP_MINER_GRPC, else `.fleetloop/endpoints.json
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import grpc
 import typer
 
-from fleetloop.config import Settings
+from fleetloop.commands.rpc import endpoint
 
 app = typer.Typer(help="Mine the fleet's per-second labels (MinerService)", no_args_is_help=True)
-
-ENV = "FLEETLOOP_MINER_GRPC"
-ENDPOINT_KEY = "MINER_GRPC"
-
-
-def _address() -> str:
-    if os.environ.get(ENV):
-        return os.environ[ENV]
-    path = Settings.from_env().data_dir / "endpoints.json"
-    if path.exists() and ENDPOINT_KEY in json.loads(path.read_text()):
-        return json.loads(path.read_text())[ENDPOINT_KEY]
-    raise typer.BadParameter(f"set {ENV} or start `fleetloop up` first")
-
 
 def _stub():
     from fleetloop.v1 import miner_pb2_grpc
 
-    return miner_pb2_grpc.MinerServiceStub(grpc.insecure_channel(_address()))
+    return miner_pb2_grpc.MinerServiceStub(grpc.insecure_channel(endpoint("MINER_GRPC")))
 
 
 def _fail(err: grpc.RpcError) -> typer.Exit:
