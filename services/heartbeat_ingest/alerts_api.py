@@ -34,12 +34,13 @@ class AlertApi(alerts_pb2_grpc.AlertServiceServicer):
 
     async def ListAlerts(self, request, context):  # noqa: N802 - gRPC method name
         page = request.page_size or DEFAULT_PAGE
-        if page > MAX_PAGE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size {page} exceeds {MAX_PAGE}")
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad page_token {request.page_token!r}")
+        if not 0 < page <= MAX_PAGE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size {page} is outside 1..{MAX_PAGE}")
+        token = request.page_token or "0"
+        # A token is the offset this service handed out: digits only (int() would take "-5" or " 7").
+        if not (token.isascii() and token.isdigit()) or len(token) > 12:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad page_token {request.page_token[:40]!r}")
+        offset = int(token)
         out = alerts_pb2.ListAlertsResponse()
         total = await self.store.count()
         # Scan the newest-first index in chunks until the page is full (filters are applied here).
