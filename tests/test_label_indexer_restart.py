@@ -1,11 +1,15 @@
 """Killing label-indexer (SIGKILL) mid-stream and starting it again neither loses nor doubles a label.
 
-After the kill the test proves a replay is due: records past the committed offsets belong to
-vehicle-seconds the warehouse already holds, so the restart labels and writes them a second time,
-and the final table must still hold each vehicle-second once."""
+The kill may land anywhere, including just after a commit that left nothing written past it. To
+make the double-write case certain rather than a matter of timing, the test then moves the group's
+offsets back to a commit the service made earlier -- what a kill between the warehouse write and
+the offset commit leaves behind -- and proves a replay is due: records past the committed offsets
+belong to vehicle-seconds the warehouse already holds, so the restart labels and writes them a
+second time, and the final table must still hold each vehicle-second once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -100,6 +104,22 @@ async def seconds_past(bootstrap: str, offsets: dict[TopicPartition, int]) -> se
     return out
 
 
+async def rewind(bootstrap: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit `offsets` for the indexer's group: the state a kill after a write but before its commit leaves.
+
+    The probe joins the group as its only member (the broker drops the killed one when its session
+    times out), so the commit carries a live generation."""
+    probe = AIOKafkaConsumer(*INPUTS, bootstrap_servers=bootstrap, group_id=GROUP_ID, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    await probe.start()
+    try:
+        while set(probe.assignment()) != set(offsets):
+            await probe.getmany(timeout_ms=500, max_records=1)
+        await probe.commit(offsets)
+    finally:
+        await probe.stop()
+
+
 async def committed_total(bootstrap: str) -> int:
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP_ID, enable_auto_commit=False)
     await probe.start()
@@ -133,14 +153,20 @@ async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker,
 
     first = start()
 
-    async def some_progress() -> bool:
-        assert first.poll() is None, first.stderr.read().decode()
-        return await committed_total(broker) >= total // 4
+    def progress(share: int):
+        async def reached() -> bool:
+            assert first.poll() is None, first.stderr.read().decode()
+            return await committed_total(broker) >= total // share
+        return reached
 
-    await wait_until(some_progress, timeout_s=180, poll_s=0.05)
+    await wait_until(progress(8), timeout_s=180, poll_s=0.05)
+    earlier = await committed_offsets(broker)
+    await wait_until(progress(4), timeout_s=180, poll_s=0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert await committed_total(broker) < total, "the kill must land mid-stream"
+    await asyncio.wait_for(rewind(broker, earlier), timeout=120)
+    assert await committed_offsets(broker) == earlier
     out = subprocess.run([sys.executable, "-c", LABELLED, chdb_url], capture_output=True, text=True, env=env,
                          check=True)
     labelled = {tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])}
