@@ -196,7 +196,9 @@ class HeartbeatIngest:
             await self.serve_grpc()
         await self.monitoring.start()
         try:
-            await asyncio.gather(self.consumer.run(stop), self.metrics_consumer.run(stop))
+            async with asyncio.TaskGroup() as consumers:  # one failing cancels (and so stops) the other
+                for consumer in (self.consumer, self.metrics_consumer):
+                    consumers.create_task(consumer.run(stop))
         finally:
             await self.monitoring.stop()
             await self.alerts.close()
