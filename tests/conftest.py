@@ -105,8 +105,31 @@ class Running:
         await self.bus.stop()
 
 
+def letter_bytes(letter) -> tuple[str, bytes, bytes]:
+    """(source topic, key, SHA-256 of the original) of a DeadLetter, whether it carries the bytes or
+    left them to its topic's keeper; a letter that carries them must match its own digest."""
+    import hashlib
+
+    if not letter.original_kept_by:
+        assert hashlib.sha256(letter.original).digest() == letter.original_sha256, letter.reason
+        assert len(letter.original) == letter.original_size, letter.reason
+    else:
+        assert letter.original == b"" and letter.original_kept_by != letter.service, letter.reason
+    return letter.source_topic, letter.key, letter.original_sha256
+
+
+def sent_bytes(topic: str, key: bytes, value: bytes) -> tuple[str, bytes, bytes]:
+    """What `letter_bytes` gives for the letter of a record sent as (topic, key, value)."""
+    import hashlib
+
+    return topic, key, hashlib.sha256(value).digest()
+
+
 async def assert_letters_point_at_their_records(bootstrap: str, letters) -> None:
-    """Each DeadLetter's source topic/partition/offset holds exactly its `original` bytes and `key`."""
+    """Each DeadLetter's source topic/partition/offset holds exactly its `key` and its `original`
+    bytes (or, for a letter that left them to the topic's keeper, bytes of its size and SHA-256)."""
+    import hashlib
+
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -117,7 +140,10 @@ async def assert_letters_point_at_their_records(bootstrap: str, letters) -> None
             reader.assign([tp])
             reader.seek(tp, letter.source_offset)
             records = (await reader.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
-            assert [(r.offset, r.value, r.key or b"") for r in records] == [
-                (letter.source_offset, letter.original, letter.key)], letter.reason
+            assert [(r.offset, r.key or b"") for r in records] == [(letter.source_offset, letter.key)], letter.reason
+            value = records[0].value or b""
+            assert (hashlib.sha256(value).digest(), len(value)) == (letter.original_sha256, letter.original_size)
+            if not letter.original_kept_by:
+                assert value == letter.original, letter.reason
     finally:
         await reader.stop()

@@ -7,15 +7,16 @@ dead-lettered alone as handler_error while the rest lands; a transient error sta
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer
 from fleetloop import topics
-from fleetloop.bus import BatchConsumer, Bus, Record, ensure_topics
+from fleetloop.bus import BatchConsumer, Bus, Record, Refusal, ensure_topics
 from fleetloop.v1 import deadletter_pb2
 
-from tests.conftest import wait_until
+from tests.conftest import assert_letters_point_at_their_records, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +120,26 @@ async def test_a_transient_error_stalls_the_batch_until_it_passes(broker, bus) -
     assert handler.stalled_seen == {"redis: TimeoutError"}  # the try that passed still saw the stall
     assert consumer.stalled is None and consumer.refused == 0
     assert await dead_letters(broker, 1) == []
+
+
+async def test_a_record_every_consumer_refuses_alike_is_copied_once(broker, bus) -> None:
+    """Issue 11 §8: three services refusing one bad heartbeat made three full copies. Now the
+    topic's keeper (heartbeat-ingest) carries the bytes; the others carry size and SHA-256 only.
+    A refusal only one service makes (handler_error) keeps its bytes wherever it happens."""
+    await ensure_topics(broker, [topics.HEARTBEAT], partitions=1)
+    garbage = b"\xff\x00" * 5000
+    await bus.send_many([(topics.HEARTBEAT, b"veh-0001", garbage)])
+    record = Record(topics.HEARTBEAT, 0, 0, b"veh-0001", garbage, 0)
+    for service in ("label-indexer", "heartbeat-ingest", "trigger-engine"):
+        await bus.dead_letter([Refusal(record, "decode_error", "not an Envelope")], service)
+    await bus.dead_letter([Refusal(record, "handler_error", "ValueError: boom")], "trigger-engine")
+    letters = await dead_letters(broker, 4)
+    assert [(letter.service, letter.reason, len(letter.original), letter.original_kept_by) for letter in letters] == [
+        ("label-indexer", "decode_error", 0, "heartbeat-ingest"),
+        ("heartbeat-ingest", "decode_error", len(garbage), ""),
+        ("trigger-engine", "decode_error", 0, "heartbeat-ingest"),
+        ("trigger-engine", "handler_error", len(garbage), "")]
+    assert sum(len(letter.SerializeToString()) for letter in letters[:3]) < len(garbage) + 1000
+    assert {(letter.original_size, letter.original_sha256) for letter in letters} == {
+        (len(garbage), hashlib.sha256(garbage).digest())}
+    await assert_letters_point_at_their_records(broker, letters)

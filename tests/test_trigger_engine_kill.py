@@ -20,7 +20,7 @@ from fleetloop import topics
 from fleetloop.v1 import triggers_pb2
 
 from services.trigger_engine.service import GROUP_ID, PAYLOAD_BY_TOPIC
-from tests.conftest import assert_letters_point_at_their_records, wait_until
+from tests.conftest import assert_letters_point_at_their_records, letter_bytes, sent_bytes, wait_until
 from tests.enginedata import as_raw, dead_letters, emitted, expected_events, publish, read_records, simulate
 from tests.fleetdata import T0_MS, heartbeat, pose
 
@@ -152,7 +152,7 @@ async def kill_one_and_restart_it(broker, procs, member, messages, incidents, ex
             assert len(found) == 1, (inc, found)
     letters = await dead_letters(broker)
     assert sorted(letter.reason for letter in letters) == sorted(reason for *_, reason in bad)
-    assert {(letter.source_topic, letter.key, letter.original) for letter in letters} == {
-        (topic, key, value) for topic, key, value, _ in bad}
+    assert {letter_bytes(letter) for letter in letters} == {sent_bytes(topic, key, value)
+                                                            for topic, key, value, _ in bad}
     await assert_letters_point_at_their_records(broker, letters)
     assert all(e.category != 0 and e.vehicle_id for e in got)

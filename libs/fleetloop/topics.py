@@ -19,3 +19,9 @@ ALL = (HEARTBEAT, POSE, EVENTS, PERCEPTION, COMMANDS, UPLOADS, ALERTS, TRIGGERS,
 
 # Partitions per topic in embedded mode; a cluster sets its own.
 DEFAULT_PARTITIONS = 4
+
+# The service whose dead letter carries the full bytes of a record every consumer of the topic
+# refuses alike (fleetloop.codec.STRUCTURAL_REASONS); other consumers' letters point at it.
+# heartbeat-ingest reads every fleet topic and is part of every deployment.
+LETTER_KEEPER = {HEARTBEAT: "heartbeat-ingest", POSE: "heartbeat-ingest", EVENTS: "heartbeat-ingest",
+                 PERCEPTION: "heartbeat-ingest"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -10,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from fleetloop import topics
 from fleetloop.bus.records import Refusal
+from fleetloop.codec.rejected import STRUCTURAL_REASONS
 from fleetloop.v1 import deadletter_pb2
 
 log = logging.getLogger(__name__)
@@ -48,16 +50,24 @@ class Bus:
         return len(futures)
 
     async def dead_letter(self, refusals: Sequence[Refusal], service: str, watermark_ms: int = 0) -> None:
-        """Publish refused records to loop.deadletter.v1 with their original bytes and reason."""
+        """Publish refused records to loop.deadletter.v1 with their reason and original bytes.
+
+        One full copy per bad record: when every consumer of the topic refuses it alike (a structural
+        reason) and another service keeps the topic's letters (topics.LETTER_KEEPER), this letter
+        leaves the bytes out and carries their size and SHA-256, pointing at the keeper's letter."""
         messages = []
         for refusal in refusals:
             rec = refusal.record
             log.warning("%s: dead letter %s/%d@%d: %s %s", service, rec.topic, rec.partition, rec.offset,
                         refusal.reason, refusal.detail[:200])
+            original = rec.value or b""
+            keeper = topics.LETTER_KEEPER.get(rec.topic, service)
+            compact = refusal.reason in STRUCTURAL_REASONS and keeper != service
             letter = deadletter_pb2.DeadLetter(
                 source_topic=rec.topic, source_partition=rec.partition, source_offset=rec.offset,
-                key=rec.key or b"", original=rec.value or b"", reason=refusal.reason, detail=refusal.detail,
-                service=service, refused_at_ms=watermark_ms,
+                key=rec.key or b"", original=b"" if compact else original, reason=refusal.reason,
+                detail=refusal.detail, service=service, refused_at_ms=watermark_ms, original_size=len(original),
+                original_sha256=hashlib.sha256(original).digest(), original_kept_by=keeper if compact else "",
             )
             messages.append((topics.DEADLETTER, rec.key, letter.SerializeToString()))
         await self.send_many(messages)

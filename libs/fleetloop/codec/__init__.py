@@ -27,7 +27,7 @@ from fleetloop.codec.messages import (
     in_time_range,
 )
 from fleetloop.codec.pose import POSE_DTYPES, pose_arrays, pose_batch, pose_columns, pose_screen
-from fleetloop.codec.rejected import Rejected, check_size
+from fleetloop.codec.rejected import STRUCTURAL_REASONS, Rejected, check_size
 
 # Today's names of the limits, for callers not yet reading LIMITS.
 MIN_EVENT_MS = LIMITS.time.min_event_ms
@@ -48,7 +48,8 @@ def encode(message) -> bytes:
 __all__ = [
     "LIMITS", "Limits", "MAX_ACCEL_MPS2", "MAX_AHEAD_OF_WATERMARK_MS", "MAX_BEHIND_WATERMARK_MS", "MAX_EVENT_MS",
     "MAX_SAMPLES_PER_BATCH", "MAX_SPEED_MPS", "MAX_STEP_SPEED_MPS", "MIN_EVENT_MS", "PAYLOADS", "PAYLOAD_BY_TOPIC",
-    "PLAUSIBILITY", "POSE_DTYPES", "Rejected", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "TIERS", "check_event",
+    "PLAUSIBILITY", "POSE_DTYPES", "Rejected", "STRUCTURAL_REASONS",
+    "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "TIERS", "check_event",
     "check_heartbeat", "check_perception", "check_size", "check_watermark", "decode", "decode_envelope",
     "decode_manifest", "decode_trigger", "encode", "heartbeat_suspects", "in_time_range", "load_limits",
     "pose_arrays", "pose_batch", "pose_columns", "pose_screen",

@@ -22,6 +22,15 @@ class Rejected(Exception):
         self.detail = detail
 
 
+# Reasons `decode` raises with or without plausibility, from the bytes alone: every consumer of a
+# fleet topic refuses such a record alike, so one full dead-letter copy of it is enough.
+STRUCTURAL_REASONS = frozenset({
+    "tombstone", "oversized", "decode_error", "unknown_schema_version", "missing_vehicle_id", "bad_vehicle_id",
+    "key_mismatch", "missing_message_id", "wrong_payload", "bad_timestamp", "oversized_field", "out_of_range",
+    "bad_shape",
+})
+
+
 def check_size(topic: str, value: bytes | None) -> bytes:
     """The Kafka value itself: a tombstone (None) or more bytes than the topic allows are rejected."""
     if value is None:
