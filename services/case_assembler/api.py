@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from fleetloop.request_checks import guarded, one_of, page_size, required, vehicle_id, window
 from fleetloop.v1 import case_service_pb2, case_service_pb2_grpc, cases_pb2
 from fleetloop.vehicle.objectstore import ObjectStore
 from fleetloop.warehouse import Warehouse
@@ -46,7 +47,7 @@ def list_query(request: case_service_pb2.ListCasesRequest) -> tuple[str, dict]:
     if request.status:
         where.append("status = {status:UInt8}")
         params["status"] = request.status
-    params["limit"] = min(request.limit or 100, MAX_LIST)
+    params["limit"] = page_size(request.limit, default=100, maximum=MAX_LIST, field="limit")
     sql = ("SELECT case_json FROM cases FINAL" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY window_start DESC, case_id LIMIT {limit:UInt32}")
     return sql, params
@@ -65,24 +66,25 @@ class CaseApi(case_service_pb2_grpc.CaseServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no case {case_id!r}")
         return case
 
+    @guarded()
     async def GetCase(self, request, context):  # noqa: N802 - gRPC method name
         return await self._case(request.case_id, context)
 
+    @guarded()
     async def ListCases(self, request, context):  # noqa: N802
-        if request.tier_status and request.tier_status not in TIER_STATUSES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"tier_status {request.tier_status!r} is not one of {', '.join(TIER_STATUSES)}")
-        if request.end_ms and request.end_ms <= request.start_ms:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "end_ms must be after start_ms")
+        if request.tier_status:
+            one_of("tier_status", request.tier_status, TIER_STATUSES)
+        window(request.start_ms, request.end_ms)
+        vehicle_id(request.vehicle_id)
         sql, params = list_query(request)
         found = await self.warehouse.aquery_dicts(sql, params)
         return case_service_pb2.ListCasesResponse(cases=[case_from_json(r["case_json"]) for r in found])
 
+    @guarded()
     async def AdjudicateCase(self, request, context):  # noqa: N802
-        if request.verdict == cases_pb2.VERDICT_UNSPECIFIED:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "verdict is required")
-        if not request.reviewer:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reviewer is required")
+        required("verdict", request.verdict)
+        required("reviewer", request.reviewer)
+        required("case_id", request.case_id)
         adjudication = cases_pb2.Adjudication(
             verdict=request.verdict, responsibility=request.responsibility, reviewer=request.reviewer,
             note=request.note, adjudicated_ms=int(time.time() * 1000))  # when the human decided: wall time
@@ -91,6 +93,7 @@ class CaseApi(case_service_pb2_grpc.CaseServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no case {request.case_id!r}")
         return case
 
+    @guarded()
     async def ExportCaseBundle(self, request, context):  # noqa: N802
         case = await self._case(request.case_id, context)
         data, names = await asyncio.get_running_loop().run_in_executor(None, build_bundle, case, self.store)

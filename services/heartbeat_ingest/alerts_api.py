@@ -8,6 +8,7 @@ import grpc
 from fleetloop import topics
 from fleetloop.bus import Bus
 from fleetloop.monitors import AlertTransitionError
+from fleetloop.request_checks import guarded, offset_token, page_size, required, vehicle_id
 from fleetloop.v1 import alerts_pb2, alerts_pb2_grpc
 
 from services.heartbeat_ingest.alert_store import AlertStore
@@ -32,15 +33,12 @@ class AlertApi(alerts_pb2_grpc.AlertServiceServicer):
         self.store = store
         self.bus = bus
 
+    @guarded(repeated_max={"states": len(alerts_pb2.AlertState.values()),
+                           "kinds": len(alerts_pb2.AlertKind.values())})
     async def ListAlerts(self, request, context):  # noqa: N802 - gRPC method name
-        page = request.page_size or DEFAULT_PAGE
-        if not 0 < page <= MAX_PAGE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size {page} is outside 1..{MAX_PAGE}")
-        token = request.page_token or "0"
-        # A token is the offset this service handed out: digits only (int() would take "-5" or " 7").
-        if not (token.isascii() and token.isdigit()) or len(token) > 12:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad page_token {request.page_token[:40]!r}")
-        offset = int(token)
+        page = page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
+        offset = offset_token(request.page_token)
+        vehicle_id(request.vehicle_id)
         out = alerts_pb2.ListAlertsResponse()
         total = await self.store.count()
         # Scan the newest-first index in chunks until the page is full (filters are applied here).
@@ -58,8 +56,8 @@ class AlertApi(alerts_pb2_grpc.AlertServiceServicer):
         return out
 
     async def _transition(self, request, context, action):
-        if not request.actor:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "actor is required")
+        required("actor", request.actor)
+        required("alert_id", request.alert_id)
         try:
             alert = await action(request.alert_id, request.actor, int(time.time() * 1000), request.note)
         except AlertTransitionError as err:
@@ -69,8 +67,10 @@ class AlertApi(alerts_pb2_grpc.AlertServiceServicer):
         await self.bus.send(topics.ALERTS, alert.SerializeToString(), key=alert.alert_id.encode())
         return alert
 
+    @guarded()
     async def AcknowledgeAlert(self, request, context):  # noqa: N802
         return await self._transition(request, context, self.store.acknowledge)
 
+    @guarded()
     async def ResolveAlert(self, request, context):  # noqa: N802
         return await self._transition(request, context, self.store.resolve)

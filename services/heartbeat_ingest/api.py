@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import grpc
+from fleetloop.request_checks import TooLarge, guarded, one_of, required, vehicle_id, window
 from fleetloop.v1 import common_pb2, fleet_service_pb2, fleet_service_pb2_grpc
 from fleetloop.warehouse import Warehouse
 
 from services.heartbeat_ingest.live_state import LiveState
 
 STOPPED_SPEED_MPS = 0.3  # below walking pace: the vehicle is standing, not creeping
+MAX_SUMMARY_GROUPS = 10_000  # rows of one FleetSummary answer (a group per vehicle of a large fleet fits)
 
 # group_by name -> SQL expression over dwd_vehicle_second. Only these strings reach the SQL.
 GROUP_EXPRESSIONS = {
@@ -33,6 +35,7 @@ FROM dwd_vehicle_second FINAL
 WHERE ts >= fromUnixTimestamp64Milli({{start_ms:Int64}}, 'UTC')
   AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}}, 'UTC')
 GROUP BY grp ORDER BY grp
+LIMIT {{limit:UInt32}}
 """
 
 
@@ -68,13 +71,16 @@ class FleetApi(fleet_service_pb2_grpc.FleetServiceServicer):
         self.live = live
         self.offline_after_s = offline_after_s
 
+    @guarded()
     async def GetVehicle(self, request, context):  # noqa: N802 - gRPC method name
+        vehicle_id(required("vehicle_id", request.vehicle_id))
         state = await self.live.vehicle(request.vehicle_id)
         if state is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"vehicle {request.vehicle_id!r} has never been seen")
         watermark = await self.live.watermark_ms()
         return to_message(request.vehicle_id, state, status_of(state, watermark, self.offline_after_s))
 
+    @guarded()
     async def ListVehicles(self, request, context):  # noqa: N802
         watermark = await self.live.watermark_ms()
         out = fleet_service_pb2.ListVehiclesResponse(as_of_ms=watermark)
@@ -89,16 +95,17 @@ class FleetApi(fleet_service_pb2_grpc.FleetServiceServicer):
             out.vehicles.append(to_message(state["vehicle_id"], state, status))
         return out
 
+    @guarded()
     async def FleetSummary(self, request, context):  # noqa: N802
-        if request.group_by not in GROUP_EXPRESSIONS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"group_by {request.group_by!r} is not one of {sorted(GROUP_EXPRESSIONS)}")
-        if request.end_ms and request.end_ms <= request.start_ms:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "end_ms must be after start_ms")
+        one_of("group_by", request.group_by, GROUP_EXPRESSIONS)
+        start_ms, end_ms = window(request.start_ms, request.end_ms)
         rows = await self.warehouse.aquery_dicts(
             SUMMARY_SQL.format(group=GROUP_EXPRESSIONS[request.group_by]),
-            {"start_ms": request.start_ms, "end_ms": request.end_ms or 2**62},
+            {"start_ms": start_ms, "end_ms": end_ms, "limit": MAX_SUMMARY_GROUPS + 1},
         )
+        if len(rows) > MAX_SUMMARY_GROUPS:
+            raise TooLarge(f"more than {MAX_SUMMARY_GROUPS:,} {request.group_by} groups: narrow the window "
+                           "or group coarser")
         return fleet_service_pb2.FleetSummaryResponse(rows=[summary_row(r, request.group_by) for r in rows])
 
 

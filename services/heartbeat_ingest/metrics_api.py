@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
+from fleetloop.request_checks import guarded, one_of, window
 from fleetloop.v1 import metrics_pb2, metrics_pb2_grpc
 from fleetloop.warehouse import Warehouse
 
@@ -13,12 +13,10 @@ class MetricsApi(metrics_pb2_grpc.MetricsServiceServicer):
     def __init__(self, warehouse: Warehouse) -> None:
         self.warehouse = warehouse
 
+    @guarded()
     async def GetMetrics(self, request, context):  # noqa: N802 - gRPC method name
-        if request.group_by not in GROUPS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"group_by {request.group_by!r} is not one of {sorted(GROUPS)}")
-        if request.end_ms and request.end_ms <= request.start_ms:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "end_ms must be after start_ms")
+        one_of("group_by", request.group_by, GROUPS)
+        window(request.start_ms, request.end_ms)
         rows = await acompute_metrics(self.warehouse, request.start_ms, request.end_ms, request.group_by,
                                       request.weighted)
         return metrics_pb2.GetMetricsResponse(rows=[
