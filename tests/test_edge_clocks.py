@@ -51,6 +51,54 @@ def test_an_event_time_ahead_of_the_brokers_append_time_is_refused() -> None:
     clock.check("veh-a", T0_MS, T0_MS)
 
 
+def test_a_parked_majority_does_not_hold_the_watermark_back() -> None:
+    """Six of ten vehicles park at T0 and fall silent; the four still driving report for three hours.
+    The silent ones leave the bulk after `silent_after_ms` of broker time, so the watermark follows
+    the driving vehicles and none of their records is refused (before: W stayed at T0 and every
+    record more than an hour past it was dead-lettered as future_timestamp)."""
+    clock = FleetClock()
+    vehicles = [f"veh-{i:02d}" for i in range(10)]
+    for vehicle in vehicles:
+        clock.check(vehicle, T0_MS, T0_MS)
+        clock.observe(vehicle, T0_MS, T0_MS)
+    clock.advance()
+    for minute in range(1, 181):
+        t = T0_MS + minute * 60_000
+        for vehicle in vehicles[:4]:
+            clock.check(vehicle, t, t)   # raises on a refusal
+            clock.observe(vehicle, t, t)
+        clock.advance()
+    assert clock.watermark_ms == T0_MS + 180 * 60_000
+    assert sorted(clock.newest) == vehicles[:4]
+    clock.check("veh-09", T0_MS + 181 * 60_000, T0_MS + 181 * 60_000)  # a parked one comes back
+    clock.check("veh-09", T0_MS, T0_MS + 181 * 60_000)                 # and uploads what it buffered
+
+
+def test_the_clock_tracks_a_bounded_number_of_vehicles() -> None:
+    clock = FleetClock(max_vehicles=1000)
+    for i in range(5000):
+        vehicle = f"veh-{i:05d}"
+        clock.check(vehicle, T0_MS + i, T0_MS + i)
+        clock.observe(vehicle, T0_MS + i, T0_MS + i)
+        if i % 100 == 99:
+            clock.advance()
+    clock.advance()
+    assert len(clock.newest) == 1000
+    assert min(clock.newest) == "veh-04000"   # the most recently heard are kept
+
+
+def test_a_forged_record_timestamp_moves_no_vehicle_out_of_the_bulk() -> None:
+    clock = FleetClock()
+    for vehicle in ("veh-a", "veh-b", "veh-c"):
+        clock.check(vehicle, T0_MS, T0_MS)
+        clock.observe(vehicle, T0_MS, T0_MS)
+    clock.advance()
+    clock.check("veh-forger", T0_MS + 1000, YEAR_2099_MS)  # CreateTime set by the producer, far past this host's clock
+    clock.observe("veh-forger", T0_MS + 1000, YEAR_2099_MS)
+    clock.advance()
+    assert sorted(clock.newest) == ["veh-a", "veh-b", "veh-c", "veh-forger"]
+
+
 async def publish(bootstrap: str, messages) -> None:
     await ensure_topics(bootstrap)
     bus = Bus(bootstrap)

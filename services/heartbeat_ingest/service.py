@@ -102,7 +102,7 @@ class HeartbeatIngest:
             except codec.Rejected as rejected:
                 refusals.append(Refusal(record, rejected.reason, rejected.detail))
                 continue
-            self.clock.observe(env.vehicle_id, env.event_time_ms)
+            self.clock.observe(env.vehicle_id, env.event_time_ms, record.timestamp_ms)
             by_kind[payload].append((record, env))
         self.clock.advance()
 

@@ -89,7 +89,7 @@ class LabelIndexer:
                 codec.check_watermark(env.event_time_ms, self.joiner.watermark_ms)
                 self.joiner.add(payload, env.vehicle_id, env.event_time_ms, getattr(env, payload),
                                 (record.topic, record.partition), record.offset)
-                self.clock.observe(env.vehicle_id, env.event_time_ms)
+                self.clock.observe(env.vehicle_id, env.event_time_ms, record.timestamp_ms)
             except codec.Rejected as rejected:
                 refusals.append(Refusal(record, rejected.reason, rejected.detail))
             except TooLate as late:

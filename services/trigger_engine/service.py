@@ -176,7 +176,7 @@ class TriggerEngine(ConsumerRebalanceListener):
             self.runners[vehicle_id] = TriggerRunner(self.config, vehicle_id)
             self.partition_of[vehicle_id] = record.partition
         newest[vehicle_id] = max(newest.get(vehicle_id, NO_DATA_MS), env.event_time_ms)
-        self.clock.observe(vehicle_id, env.event_time_ms)
+        self.clock.observe(vehicle_id, env.event_time_ms, record.timestamp_ms)
         return env
 
     def _group(self, partition: int) -> list[TopicPartition]:

@@ -24,6 +24,8 @@ class TimeLimits(_Section):
     max_event_ms: int
     max_ahead_of_watermark_ms: PositiveInt
     max_behind_watermark_ms: PositiveInt
+    silent_after_ms: PositiveInt
+    max_tracked_vehicles: PositiveInt
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeLimits:
