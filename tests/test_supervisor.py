@@ -137,3 +137,22 @@ async def test_a_taken_port_is_not_retried(settings, registered):
 def test_an_unknown_service_name_is_refused_up_front(settings):
     with pytest.raises(KeyError, match="unknown service 'nope'"):
         runtime.Host(settings, ["nope"])
+
+
+def test_serve_exits_non_zero_naming_the_taken_port(settings):
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+               "REDIS_URL": settings.redis_url, "CLICKHOUSE_URL": f"chdb://{settings.data_dir / 'wh'}",
+               "FLEETLOOP_GRPC_PORT": str(port), "FLEETLOOP_DATA_DIR": str(settings.data_dir)}
+        done = subprocess.run([sys.executable, "-m", "fleetloop.cli", "serve", "miner"], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert f"fleetloop: service miner failed: cannot bind gRPC address 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr.split("fleetloop: service miner failed")[-1]

@@ -132,32 +132,28 @@ async def _until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task])
 @app.command()
 def serve(service: str = typer.Argument(..., help="service name, e.g. heartbeat-ingest"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Run one service in this process (cluster mode: URLs from the environment)."""
-    import dataclasses
-
-    from fleetloop.bus import Bus, ensure_topics
-    from fleetloop.runtime import SERVICES, service_class
-    from fleetloop.warehouse import Warehouse
+    """Run one service in this process (cluster mode: URLs from the environment), restarted on failure."""
+    from fleetloop.runtime import SERVICES, Host
 
     _logging(verbose)
     settings = Settings.from_env()
-    if "FLEETLOOP_GRPC_PORT" not in os.environ and SERVICES.get(service, ("", 0))[1]:
-        settings = dataclasses.replace(settings, grpc_port=SERVICES[service][1])
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
     if "embedded" in (settings.kafka_bootstrap_servers, settings.redis_url):
         raise typer.BadParameter("serve needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (use `fleetloop up` locally)")
 
     async def main() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers)
-        bus = Bus(settings.kafka_bootstrap_servers, client_id=service)
-        await bus.start()
+        host = Host(settings, [service], default_ports="FLEETLOOP_GRPC_PORT" not in os.environ, client_id=service)
+        await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        try:
-            await service_class(service)(settings, Warehouse(settings.clickhouse_url), bus).run(stop)
-        finally:
-            await bus.stop()
+        failed = await _until_stop_or_failure(stop, host.tasks)
+        await host.stop()
+        if failed is not None:
+            typer.echo(f"fleetloop: service {service} failed: {failed.exception()}", err=True)
+            raise typer.Exit(1)
 
     asyncio.run(main())
 
