@@ -103,3 +103,32 @@ def test_up_exits_non_zero_when_a_grpc_port_is_taken(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "case-assembler" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_graceful_stop_drains_the_memory_only_broker_first(tmp_path: Path) -> None:
+    """What the embedded broker holds is gone once it stops: SIGTERM right after a burst is published
+    must first let the services consume it. Without the drain most of the burst never landed."""
+    import asyncio
+
+    from fleetloop import topics
+    from fleetloop.bus import Bus
+    from fleetloop.warehouse import Warehouse
+
+    from tests.fleetdata import T0_MS, heartbeat
+
+    up = start_up(tmp_path)
+    endpoints = json.loads((tmp_path / "endpoints.json").read_text())
+    burst = [heartbeat(f"veh-{v:03d}", T0_MS + 1000 * s) for s in range(200) for v in range(20)]
+
+    async def publish() -> None:
+        bus = Bus(endpoints["KAFKA_BOOTSTRAP_SERVERS"])
+        await bus.start()
+        await bus.send_many([(topics.HEARTBEAT, e.vehicle_id.encode(), e.SerializeToString()) for e in burst])
+        await bus.stop()
+
+    asyncio.run(publish())
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=300) == 0, up.stderr.read()
+    warehouse = Warehouse(endpoints["CLICKHOUSE_URL"])
+    assert warehouse.query_rows("SELECT count(), uniqExact(message_id) FROM ods_heartbeat")[0] == (len(burst),) * 2
+    assert "drained" in up.stderr.read()

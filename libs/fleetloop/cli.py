@@ -108,12 +108,33 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             failed = await _until_stop_or_failure(stop, host.tasks)
+            if failed is None and stack.owns_broker:
+                await _drain(host)
             await host.stop()
             if failed is not None:
                 typer.echo(f"fleetloop: service {failed.get_name()} failed: {failed.exception()}", err=True)
                 raise typer.Exit(1)
 
     asyncio.run(main())
+
+
+DRAIN_S = 120.0  # how long a graceful stop of `up` waits for the services to empty the embedded broker
+
+
+async def _drain(host) -> None:
+    """On a graceful stop, let the services consume what the memory-only embedded broker still holds
+    (it is gone once the broker stops), up to DRAIN_S; a second Ctrl-C stops at once."""
+    typer.echo(f"draining: the services consume what the embedded broker holds (up to {DRAIN_S:.0f} s; "
+               "Ctrl-C again to stop now)", err=True)
+    drain = asyncio.create_task(host.wait_caught_up(poll_s=0.25, settle_polls=4))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, drain.cancel)
+    try:
+        await asyncio.wait_for(drain, timeout=DRAIN_S)
+        typer.echo("drained", err=True)
+    except (TimeoutError, asyncio.CancelledError):
+        typer.echo("stopping with records left in the embedded broker", err=True)
 
 
 async def _until_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task]) -> asyncio.Task | None:

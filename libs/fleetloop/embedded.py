@@ -107,6 +107,7 @@ class EmbeddedStack:
 
     settings: Settings
     children: list[subprocess.Popen] = field(default_factory=list)
+    owns_broker: bool = False  # the broker is ours and memory-only: what it holds dies with it
 
     @classmethod
     def start(cls, settings: Settings) -> EmbeddedStack:
@@ -116,6 +117,7 @@ class EmbeddedStack:
             if settings.kafka_bootstrap_servers == EMBEDDED:
                 proc, kafka = start_broker()
                 stack.children.append(proc)
+                stack.owns_broker = True
                 log.info("embedded Tansu broker on %s", kafka)
             if settings.redis_url == EMBEDDED:
                 redis_dir = settings.data_dir / "redis"
