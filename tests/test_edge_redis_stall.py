@@ -1,5 +1,6 @@
-"""A Redis that stops answering (SIGSTOP, then SIGCONT) stalls heartbeat-ingest, which then resumes
-and loses nothing — against the real broker, a private redis-server and chDB."""
+"""A Redis that stops answering (SIGSTOP, then SIGCONT) stalls heartbeat-ingest — its gRPC health
+reads NOT_SERVING meanwhile — which then resumes, SERVING again, and loses nothing; against the
+real broker, a private redis-server and chDB."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.heartbeat_ingest.service import HeartbeatIngest
 from tests.conftest import Running, truncate_owned_tables, wait_until
 from tests.fleetdata import T0_MS, drive
 from tests.test_ingest_integration import publish
+from tests.test_supervisor import health_status
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +46,18 @@ async def test_redis_sigstop_stalls_ingest_and_it_resumes_without_loss(settings,
                     return service.consumer.stalled is not None
                 await wait_until(stalled, timeout_s=60.0)
                 assert "redis" in service.consumer.stalled.lower() or "timeout" in service.consumer.stalled.lower()
+
+                async def not_serving() -> bool:
+                    return await health_status(service.grpc_port) == "NOT_SERVING"
+                await wait_until(not_serving, timeout_s=30.0)  # health shows the stall
             finally:
                 os.kill(proc.pid, signal.SIGCONT)
             await running.caught_up()
             assert service.consumer.stalled is None
+
+            async def serving() -> bool:
+                return await health_status(service.grpc_port) == "SERVING"
+            await wait_until(serving, timeout_s=30.0)
         heartbeats = warehouse.query_rows("SELECT count(), uniqExact(ts) FROM ods_heartbeat FINAL")[0]
         assert tuple(heartbeats) == (120, 120)  # every second once: none lost while stalled, none doubled
         client = connect(url)

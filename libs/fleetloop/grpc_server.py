@@ -1,8 +1,13 @@
 """The one gRPC server helper: every fleetloop service serves health checking and reflection
-beside its own services, so grpcurl, grpc_health_probe and Kubernetes probes work."""
+beside its own services, so grpcurl, grpc_health_probe and Kubernetes probes work.
+
+Health follows the service's consumers (`watch`): NOT_SERVING while any of them is stalled on a
+dependency (Redis, ClickHouse, the broker; `BatchConsumer.stalled`), SERVING again once it resumes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +30,14 @@ class Servicer:
     full_name: str
 
 
-async def start_server(servicers: Sequence[Servicer], address: str) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server on `address` (port 0 picks a free one); returns it and its port."""
+HEALTH_POLL_S = 0.5
+
+
+async def start_server(servicers: Sequence[Servicer], address: str,
+                       watch: Sequence[Any] = ()) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server on `address` (port 0 picks a free one); returns it and its port.
+
+    `watch`: objects with a `stalled` attribute (the service's consumers) that health follows."""
     server = grpc.aio.server()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -38,7 +49,28 @@ async def start_server(servicers: Sequence[Servicer], address: str) -> tuple[grp
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if watch:
+        follower = asyncio.create_task(_follow(health_servicer, [*names, ""], watch), name=f"health {address}")
+        stop = server.stop
+
+        async def stop_and_unfollow(grace: float | None) -> None:
+            follower.cancel()
+            await stop(grace)
+
+        server.stop = stop_and_unfollow
     return server, port
+
+
+async def _follow(health_servicer: Any, names: Sequence[str], watch: Sequence[Any]) -> None:
+    serving = True
+    while True:
+        await asyncio.sleep(HEALTH_POLL_S)
+        now = not any(getattr(w, "stalled", None) for w in watch)
+        if now != serving:
+            serving = now
+            status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in names:
+                await health_servicer.set(name, status)
 
 
 async def start_not_serving(address: str) -> grpc.aio.Server:

@@ -325,7 +325,7 @@ class CaseAssembler:
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self._server, self.grpc_port = await start_server(
             [Servicer(case_service_pb2_grpc.add_CaseServiceServicer_to_server, api, "fleetloop.v1.CaseService")],
-            address)
+            address, watch=[self.consumer])
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)

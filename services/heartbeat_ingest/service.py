@@ -188,7 +188,7 @@ class HeartbeatIngest:
                      "fleetloop.v1.AlertService"),
             Servicer(metrics_pb2_grpc.add_MetricsServiceServicer_to_server, MetricsApi(self.warehouse),
                      "fleetloop.v1.MetricsService"),
-        ], address)
+        ], address, watch=self.consumers)
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)
