@@ -16,7 +16,7 @@ DEMO_QUERY = "agent.pedestrian & junction.signalized & !mode.manual"
 
 
 async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -> None:
-    from fleetloop.cli import spawn_sim
+    from fleetloop.feed import spawn_sim
     from fleetloop.sim import GroundTruth
 
     started = time.monotonic()

@@ -5,12 +5,17 @@ their event times whatever the pace."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from fleetloop.bus import Bus
+from fleetloop.config import Settings
 from fleetloop.v1 import common_pb2
 
 
@@ -56,3 +61,12 @@ async def publish_seconds(bus: Bus, seconds: Iterable[FleetSecond], speed: float
     stats.messages += await bus.send_many(pending)
     stats.wall_s = time.monotonic() - started
     return stats
+
+
+def spawn_sim(settings: Settings, vehicles: int, hours: float, seed: int, truth: Path) -> subprocess.Popen:
+    """The simulated fleet (`fleetloop sim`) as a child process, so it drives the broker from the second core."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "FLEETLOOP_DATA_DIR": str(settings.data_dir), "FLEETLOOP_OBJECT_STORE_URL": settings.object_store_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleetloop.cli", "sim", "--vehicles", str(vehicles), "--hours", str(hours),
+         "--seed", str(seed), "--truth", str(truth)], env=env)

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import typer
 
-from fleetloop.commands.rpc import endpoint
+from fleetloop.commands.rpc import call, endpoint
 from fleetloop.report import alerts_report
 
 app = typer.Typer(help="Fleet alerts: list, acknowledge, resolve (AlertService)", no_args_is_help=True)
 
 
-def _stub():
+def _call(method: str, request):
+    """One AlertService call on heartbeat-ingest; a failure is one line and exit code 2."""
     from fleetloop.v1 import alerts_pb2_grpc
 
-    return alerts_pb2_grpc.AlertServiceStub(grpc.insecure_channel(endpoint("FLEET_GRPC")))
-
-
-def _call(method, request):
-    try:
-        return method(request)
-    except grpc.RpcError as err:
-        typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
-        raise typer.Exit(2) from None
+    return call(endpoint("FLEET_GRPC"), alerts_pb2_grpc.AlertServiceStub, method, request)
 
 
 @app.command("list")
@@ -40,7 +32,7 @@ def list_alerts(state: list[str] = typer.Option([], help="open, acknowledged, re
         kinds = [alerts_pb2.AlertKind.Value(f"ALERT_KIND_{k.upper()}") for k in kind]
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    response = _call(_stub().ListAlerts, alerts_pb2.ListAlertsRequest(
+    response = _call("ListAlerts", alerts_pb2.ListAlertsRequest(
         states=states, kinds=kinds, park=park, vehicle_id=vehicle, page_size=page_size))
     typer.echo(alerts_report(list(response.alerts)))
     if response.next_page_token:
@@ -52,7 +44,7 @@ def ack(alert_id: str, actor: str = typer.Option(..., help="who takes it"), note
     """OPEN -> ACKNOWLEDGED."""
     from fleetloop.v1 import alerts_pb2
 
-    alert = _call(_stub().AcknowledgeAlert, alerts_pb2.AcknowledgeAlertRequest(alert_id=alert_id, actor=actor,
+    alert = _call("AcknowledgeAlert", alerts_pb2.AcknowledgeAlertRequest(alert_id=alert_id, actor=actor,
                                                                                note=note))
     typer.echo(f"{alert.alert_id}: acknowledged by {alert.acknowledged_by} at "
                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(alert.acknowledged_ms / 1000))} UTC")
@@ -63,5 +55,5 @@ def resolve(alert_id: str, actor: str = typer.Option(..., help="who closes it"),
     """OPEN or ACKNOWLEDGED -> RESOLVED."""
     from fleetloop.v1 import alerts_pb2
 
-    alert = _call(_stub().ResolveAlert, alerts_pb2.ResolveAlertRequest(alert_id=alert_id, actor=actor, note=note))
+    alert = _call("ResolveAlert", alerts_pb2.ResolveAlertRequest(alert_id=alert_id, actor=actor, note=note))
     typer.echo(f"{alert.alert_id}: resolved by {alert.resolved_by}")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import grpc
 import typer
 
-from fleetloop.commands.rpc import endpoint
+from fleetloop.commands.rpc import call, endpoint
 from fleetloop.report import table
 
 app = typer.Typer(help="Cases: list, show, adjudicate, export (CaseService on case-assembler)", no_args_is_help=True)
@@ -18,14 +17,10 @@ RESPONSIBILITIES = ("unspecified", "ours", "shared", "third_party")
 
 
 def _call(method: str, request):
+    """One CaseService call on case-assembler; a failure is one line and exit code 2."""
     from fleetloop.v1 import case_service_pb2_grpc
 
-    with grpc.insecure_channel(endpoint("CASES_GRPC")) as channel:
-        try:
-            return getattr(case_service_pb2_grpc.CaseServiceStub(channel), method)(request)
-        except grpc.RpcError as err:
-            typer.echo(f"error: {err.details()}", err=True)
-            raise typer.Exit(2) from None
+    return call(endpoint("CASES_GRPC"), case_service_pb2_grpc.CaseServiceStub, method, request)
 
 
 def _name(enum, value: int, prefix: str) -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 import typer
 
-from fleetloop.commands.rpc import endpoint
+from fleetloop.commands.rpc import call, endpoint
 from fleetloop.report import table
 
 app = typer.Typer(help="MPS, MPD and MPI per 10,000 km and km per event (MetricsService)",
@@ -23,13 +22,9 @@ def metrics(group_by: str = typer.Option("", "--group-by", help="day, week, vehi
     """Print the metrics table, one row per group."""
     from fleetloop.v1 import metrics_pb2, metrics_pb2_grpc
 
-    with grpc.insecure_channel(endpoint("FLEET_GRPC")) as channel:
-        try:
-            response = metrics_pb2_grpc.MetricsServiceStub(channel).GetMetrics(metrics_pb2.GetMetricsRequest(
-                start_ms=start_ms, end_ms=end_ms, group_by=group_by, weighted=weighted))
-        except grpc.RpcError as err:
-            typer.echo(f"error: {err.details()}", err=True)
-            raise typer.Exit(2) from None
+    response = call(endpoint("FLEET_GRPC"), metrics_pb2_grpc.MetricsServiceStub, "GetMetrics",
+                    metrics_pb2.GetMetricsRequest(start_ms=start_ms, end_ms=end_ms, group_by=group_by,
+                                                  weighted=weighted))
     headers = [group_by or "fleet", "km"]
     for m in METRICS:
         headers += [m.upper(), "/10k km", "km/event"]

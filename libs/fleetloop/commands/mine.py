@@ -10,22 +10,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import grpc
 import typer
 
-from fleetloop.commands.rpc import endpoint
+from fleetloop.commands.rpc import call, endpoint, stream
 
 app = typer.Typer(help="Mine the fleet's per-second labels (MinerService)", no_args_is_help=True)
 
-def _stub():
+
+def _call(method: str, request):
+    """One unary MinerService call; a failure is one line and exit code 2."""
     from fleetloop.v1 import miner_pb2_grpc
 
-    return miner_pb2_grpc.MinerServiceStub(grpc.insecure_channel(endpoint("MINER_GRPC")))
+    return call(endpoint("MINER_GRPC"), miner_pb2_grpc.MinerServiceStub, method, request)
 
 
-def _fail(err: grpc.RpcError) -> typer.Exit:
-    typer.echo(f"error: {err.details()}", err=True)
-    return typer.Exit(2)
+def _stream(method: str, request):
+    """The responses of one server-streaming MinerService call; a failure is one line and exit code 2."""
+    from fleetloop.v1 import miner_pb2_grpc
+
+    return stream(endpoint("MINER_GRPC"), miner_pb2_grpc.MinerServiceStub, method, request)
 
 
 def _utc(ms: int) -> str:
@@ -56,11 +59,8 @@ def mine(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END,
     """Print the clips matching EXPRESSION as a table."""
     from fleetloop.report import table
 
-    try:
-        chunks = list(_stub().Mine(_request(expression, start_ms, end_ms, vehicle, park, merge_gap_s, min_clip_s,
-                                            limit)))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    chunks = list(_stream("Mine", _request(expression, start_ms, end_ms, vehicle, park, merge_gap_s, min_clip_s,
+                                           limit)))
     clips = [c for chunk in chunks for c in chunk.clips]
     typer.echo(f"{chunks[0].expression}  ({chunks[0].plan}; {len(clips)} clip(s) shown)")
     typer.echo(table(["vehicle", "start (UTC)", "end (UTC)", "s", "matched tags", "cases"],
@@ -75,10 +75,7 @@ app.command("clips")(mine)
 def count(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END, vehicle: list[str] = VEHICLE,
           park: list[str] = PARK, merge_gap_s: int = GAP, min_clip_s: int = MIN_CLIP) -> None:
     """Matching seconds, clips, vehicles and km."""
-    try:
-        r = _stub().Count(_request(expression, start_ms, end_ms, vehicle, park, merge_gap_s, min_clip_s, 0))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    r = _call("Count", _request(expression, start_ms, end_ms, vehicle, park, merge_gap_s, min_clip_s, 0))
     typer.echo(f"{r.expression}: {r.seconds:,} s ({r.seconds / 3600:,.1f} h) in {r.clips:,} clip(s) of "
                f"{r.vehicles:,} vehicle(s), {r.km:,.1f} km")
 
@@ -86,10 +83,7 @@ def count(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END
 @app.command("explain")
 def explain_command(expression: str = EXPRESSION, start_ms: int = START, end_ms: int = END) -> None:
     """The normalised expression, the plan, the bitmap algebra and the scan SQL."""
-    try:
-        r = _stub().Explain(_request(expression, start_ms, end_ms, None, None, 0, 0, 0))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    r = _call("Explain", _request(expression, start_ms, end_ms, None, None, 0, 0, 0))
     typer.echo(f"expression: {r.expression}\nplan:       {r.plan}\nbitmaps:    {r.bitmap_algebra or '-'}\n"
                f"sql:        {r.sql}\nparameters: {r.parameters_json}")
 
@@ -100,7 +94,7 @@ def tags() -> None:
     from fleetloop.report import table
     from fleetloop.v1 import miner_pb2
 
-    r = _stub().ListTags(miner_pb2.ListTagsRequest())
+    r = _call("ListTags", miner_pb2.ListTagsRequest())
     typer.echo(f"taxonomy version {r.taxonomy_version}")
     typer.echo(table(["name", "family", "aliases", "kind", "standard"],
                      [[t.name, t.family, " ".join(t.aliases), f"numeric ({t.unit})" if t.numeric else "tag",
@@ -115,11 +109,8 @@ def distribution(group_by: list[str] = typer.Argument(..., help="boolean tags, e
     from fleetloop.report import table
     from fleetloop.v1 import miner_pb2
 
-    try:
-        r = _stub().Distribution(miner_pb2.DistributionRequest(expression=where, group_by=group_by,
-                                                               start_ms=start_ms, end_ms=end_ms, parks=park or []))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    r = _call("Distribution", miner_pb2.DistributionRequest(expression=where, group_by=group_by,
+                                                           start_ms=start_ms, end_ms=end_ms, parks=park or []))
     typer.echo(table(["combination", "hours", "km", "share"],
                      [[" & ".join(row.combination) or "(all)", f"{row.seconds / 3600:,.2f}", f"{row.km:,.1f}",
                        f"{row.share:.2%}"] for row in r.rows]))
@@ -132,11 +123,8 @@ def clusters(start_ms: int = START, end_ms: int = END, max_clusters: int = typer
     from fleetloop.report import table
     from fleetloop.v1 import miner_pb2
 
-    try:
-        r = _stub().Clusters(miner_pb2.ClustersRequest(start_ms=start_ms, end_ms=end_ms, max_clusters=max_clusters,
-                                                       examples=examples))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    r = _call("Clusters", miner_pb2.ClustersRequest(start_ms=start_ms, end_ms=end_ms, max_clusters=max_clusters,
+                                                   examples=examples))
     typer.echo(f"{r.problems} problem(s) from {r.source}, {len(r.scenes)} scene(s), silhouette {r.silhouette:.2f}")
     typer.echo(table(["scene", "problems", "mine more with", "similar h"],
                      [[s.name, s.size, s.expression or "-", f"{s.similar_seconds / 3600:,.1f}"] for s in r.scenes]))
@@ -153,10 +141,7 @@ def curriculum(path: Path = typer.Argument(..., exists=True, help="curriculum YA
     from fleetloop.report import table
     from fleetloop.v1 import miner_pb2
 
-    try:
-        r = _stub().Curriculum(miner_pb2.CurriculumRequest(yaml=path.read_text(), start_ms=start_ms, end_ms=end_ms))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    r = _call("Curriculum", miner_pb2.CurriculumRequest(yaml=path.read_text(), start_ms=start_ms, end_ms=end_ms))
     out.write_bytes(r.manifest_parquet)
     typer.echo(table(["stage", "scene", "expression", "requested", "clips", "weight"],
                      [[i + 1, s.scene, s.expression, s.requested, s.clips, s.weight] for i, s in enumerate(r.stages)]))
@@ -172,21 +157,17 @@ def export(expression: str = EXPRESSION, out: Path = typer.Option(Path("clips.pa
     import pyarrow.parquet as pq
     from rich.progress import Progress
 
-    stub = _stub()
     request = _request(expression, start_ms, end_ms, None, None, merge_gap_s, min_clip_s, limit)
-    try:
-        total = min(stub.Count(request).clips, limit)
-        rows: dict[str, list] = {"vehicle_id": [], "start_ms": [], "end_ms": [], "matched_seconds": [],
-                                 "matched_tags": [], "case_ids": []}
-        with Progress() as progress:
-            task = progress.add_task("exporting clips", total=total or None)
-            for chunk in stub.Mine(request):
-                for c in chunk.clips:
-                    for name in rows:
-                        value = getattr(c, name)
-                        rows[name].append(list(value) if name in ("matched_tags", "case_ids") else value)
-                progress.advance(task, len(chunk.clips))
-    except grpc.RpcError as err:
-        raise _fail(err) from None
+    total = min(_call("Count", request).clips, limit)
+    rows: dict[str, list] = {"vehicle_id": [], "start_ms": [], "end_ms": [], "matched_seconds": [],
+                             "matched_tags": [], "case_ids": []}
+    with Progress() as progress:
+        task = progress.add_task("exporting clips", total=total or None)
+        for chunk in _stream("Mine", request):
+            for c in chunk.clips:
+                for name in rows:
+                    value = getattr(c, name)
+                    rows[name].append(list(value) if name in ("matched_tags", "case_ids") else value)
+            progress.advance(task, len(chunk.clips))
     pq.write_table(pa.table(rows), out)
     typer.echo(f"{len(rows['vehicle_id']):,} clip(s) -> {out}")

@@ -2,15 +2,15 @@
 
 The address of a service comes from, in order: the command's flag, the environment variable
 `FLEETLOOP_<KEY>` (e.g. FLEETLOOP_FLEET_GRPC), the `<KEY>` entry of the running `fleetloop up`'s
-endpoints.json under the data dir. A failed call is one line on stderr and exit code 2, never a
-traceback (docs/ARCHITECTURE.md, gRPC services).
+endpoints.json under the data dir. Every command calls its RPCs through `call` (or `stream`): a failed
+call is one line on stderr and exit code 2, never a traceback (docs/ARCHITECTURE.md, gRPC services).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
@@ -51,6 +51,19 @@ def call(address: str, make_stub: Callable[[grpc.Channel], Any], method: str, re
         try:
             return getattr(make_stub(channel), method)(request)
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.UNAVAILABLE:
-                fail(f"no fleetloop server answers at {address} (is `fleetloop up` running?)")
-            fail(err.details() or err.code().name)
+            _rpc_failed(address, err)
+
+
+def stream(address: str, make_stub: Callable[[grpc.Channel], Any], method: str, request: Any) -> Iterator[Any]:
+    """The responses of the server-streaming RPC `method`, one by one; failures end the command as in `call`."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            yield from getattr(make_stub(channel), method)(request)
+        except grpc.RpcError as err:
+            _rpc_failed(address, err)
+
+
+def _rpc_failed(address: str, err: grpc.RpcError) -> NoReturn:
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        fail(f"no fleetloop server answers at {address} (is `fleetloop up` running?)")
+    fail(f"{err.code().name}: {err.details()}" if err.details() else err.code().name)
