@@ -19,15 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import yaml
-from fleetloop import codec, topics
+from fleetloop import codec, tables, topics
 from fleetloop.bus import BatchConsumer, Bus, FleetClock, Record, Refusal
-from fleetloop.config import Settings
+from fleetloop.config import ConfigModel, Settings, load_yaml
 from fleetloop.labels import LABEL_TABLE, Taxonomy, load_taxonomy
 from fleetloop.labels.batch import SecondParts, label_seconds
-from fleetloop.query.index import HOUR_MS, build_hour_index
+from fleetloop.query.index import HOUR_COLUMNS, HOUR_MS, build_hour_index, store_hour_index, unsealed_hour_row
 from fleetloop.warehouse import Warehouse
+from pydantic import Field
 
 from services.label_indexer.join import Entry, SecondJoiner, TooLate
 
@@ -37,9 +36,20 @@ NAME = "label-indexer"
 GROUP_ID = "label-indexer"
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONFIG = Path(__file__).with_name("indexer.yaml")
+
+
+class IndexerConfig(ConfigModel):
+    """services/label_indexer/indexer.yaml (the reasons for each value are there)."""
+
+    lateness_s: float = Field(ge=0)
+    retain_s: float = Field(ge=0)
+    align_s: float = Field(gt=0)
+    seal_after_s: float = Field(ge=0)
+
+
 PAYLOAD_BY_TOPIC = {topics.HEARTBEAT: "heartbeat", topics.POSE: "pose", topics.PERCEPTION: "perception"}
-INDEX_HOUR_TABLE = "dwd_label_index_hour"
-INDEX_BITMAP_TABLE = "dwd_label_index_bitmap"
+INDEX_HOUR_TABLE = tables.INDEX_HOUR.name
+INDEX_BITMAP_TABLE = tables.INDEX_BITMAP.name
 _DATA_TAGS = {"heartbeat": "data.no_heartbeat", "pose": "data.no_pose", "perception": "data.no_perception"}
 
 
@@ -54,10 +64,10 @@ class LabelIndexer:
         self.warehouse = warehouse
         self.bus = bus
         self.taxonomy = taxonomy or load_taxonomy()
-        config = yaml.safe_load(CONFIG.read_text())
-        self.joiner = SecondJoiner(lateness_ms=int(config["lateness_s"] * 1000),
-                                   retain_ms=int(config["retain_s"] * 1000), align_ms=int(config["align_s"] * 1000))
-        self.seal_after_ms = int(config["seal_after_s"] * 1000)
+        config = load_yaml(CONFIG, IndexerConfig)
+        self.joiner = SecondJoiner(lateness_ms=int(config.lateness_s * 1000),
+                                   retain_ms=int(config.retain_s * 1000), align_ms=int(config.align_s * 1000))
+        self.seal_after_ms = int(config.seal_after_s * 1000)
         self.unsealed_hours: set[int] = set()
         self.rows_written = 0
         self.clock = FleetClock()  # per-vehicle plausibility: a forged clock must not time out the fleet
@@ -144,8 +154,7 @@ class LabelIndexer:
         new = sorted(hours - self.unsealed_hours)
         if new:
             version = time.time_ns()  # a version stamp for ReplacingMergeTree, not event logic
-            self.warehouse.insert_rows(INDEX_HOUR_TABLE, [(h // 1000, version, 0, [], 0) for h in new],
-                                       ["hour", "version", "sealed", "vehicles", "rows"])
+            self.warehouse.insert_rows(INDEX_HOUR_TABLE, [unsealed_hour_row(h, version) for h in new], HOUR_COLUMNS)
             self.unsealed_hours.update(new)
 
     def _seal_finished_hours(self) -> None:
@@ -176,16 +185,3 @@ class LabelIndexer:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)
         await self.consumer.run(stop)
 
-
-def store_hour_index(warehouse: Warehouse, index, version: int) -> None:
-    """Write an HourIndex: its bitmaps first, then the sealed directory row that publishes them."""
-    blobs = index.serialize()
-    hour_s = index.hour_ms // 1000
-    warehouse.insert_arrow(INDEX_BITMAP_TABLE, pa.table({
-        "hour": pa.array([hour_s] * len(blobs), pa.timestamp("s", tz="UTC")),
-        "key": pa.array(list(blobs), pa.string()),
-        "version": pa.array([version] * len(blobs), pa.uint64()),
-        "bitmap": pa.array(list(blobs.values()), pa.binary()),
-    }))
-    warehouse.insert_rows(INDEX_HOUR_TABLE, [(hour_s, version, 1, list(index.vehicles), index.rows)],
-                          ["hour", "version", "sealed", "vehicles", "rows"])

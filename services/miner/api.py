@@ -11,11 +11,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pyarrow.parquet as pq
+from fleetloop import tables
+from fleetloop.config import ConfigModel
 from fleetloop.labels import LABEL_TABLE, Taxonomy
 from fleetloop.query import MineRequest, QueryError
 from fleetloop.query.compiler import MAX_LIMIT
 from fleetloop.v1 import miner_pb2, miner_pb2_grpc
 from fleetloop.warehouse import Warehouse
+from pydantic import Field
 
 from services.miner.engine import MinedClip, Miner
 from services.miner.scenes import (
@@ -122,23 +125,21 @@ class MinerApi(miner_pb2_grpc.MinerServiceServicer):
     def load_problems(self, start_ms: int, end_ms: int) -> tuple[str, list[Problem]]:
         """The most recent problems in range: cases when that table has rows, else trigger events."""
         params = {"lo": start_ms, "hi": end_ms or 2**42, "n": self.max_problems}
-        if self.miner.has_table("cases"):
-            columns = {r[0] for r in self.miner.warehouse.query_rows(
-                "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'cases'")}
-            trigger = ("toString(triggers[1])" if "triggers" in columns
-                       else "toString(trigger)" if "trigger" in columns else "'case'")
+        if self.miner.has_table(tables.CASES.name):  # absent while the case-assembler has not run
             rows = self.miner.warehouse.query_rows(
-                f"SELECT DISTINCT case_id, vehicle_id, toUnixTimestamp64Milli(window_start), {trigger} FROM cases "
+                "SELECT DISTINCT case_id, vehicle_id, toUnixTimestamp64Milli(window_start), toString(triggers[1]) "
+                f"FROM {tables.CASES.name} "
                 "WHERE window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
                 "AND window_start < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') "
                 "ORDER BY 3 DESC, 1 LIMIT {n:UInt64}", params)
             if rows:
                 pre = self.scenes.window_pre_s * 1000
                 return "cases", [Problem(str(c), v, int(s) + pre, t) for c, v, s, t in rows]
-        if not self.miner.has_table("trigger_events"):
+        if not self.miner.has_table(tables.TRIGGER_EVENTS.name):
             return "trigger_events", []
         rows = self.miner.warehouse.query_rows(
-            "SELECT DISTINCT vehicle_id, toUnixTimestamp64Milli(onset), trigger, category FROM trigger_events "
+            "SELECT DISTINCT vehicle_id, toUnixTimestamp64Milli(onset), trigger, category "
+            f"FROM {tables.TRIGGER_EVENTS.name} "
             "WHERE onset >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
             "AND onset < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') ORDER BY 2 DESC, 1 LIMIT {n:UInt64}", params)
         return "trigger_events", [Problem(f"{v}/{t}/{o}", v, int(o), t, c) for v, o, t, c in rows]
@@ -214,8 +215,20 @@ class MinerApi(miner_pb2_grpc.MinerServiceServicer):
         return out
 
 
-def make_api(warehouse: Warehouse, taxonomy: Taxonomy, config: dict) -> MinerApi:
+class MineSection(ConfigModel):
+    default_limit: int = Field(gt=0)
+    default_chunk: int = Field(gt=0)
+
+
+class MinerConfig(ConfigModel):
+    """services/miner/miner.yaml; `scenes` is validated by SceneConfig, here only max_problems is read."""
+
+    scenes: dict[str, Any]
+    mine: MineSection
+
+
+def make_api(warehouse: Warehouse, taxonomy: Taxonomy, config: MinerConfig) -> MinerApi:
     scenes = SceneConfig.load()
     return MinerApi(Miner(warehouse, taxonomy), taxonomy, scenes,
-                    MineDefaults(int(config["mine"]["default_limit"]), int(config["mine"]["default_chunk"])),
-                    int(config["scenes"]["max_problems"]))
+                    MineDefaults(config.mine.default_limit, config.mine.default_chunk),
+                    int(config.scenes["max_problems"]))

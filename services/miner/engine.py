@@ -13,24 +13,32 @@ the brute-force evaluator).
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from fleetloop import tables
 from fleetloop.labels import LABEL_TABLE, Taxonomy
 from fleetloop.query import MineRequest, QueryError, compile_query, explain, parse
 from fleetloop.query.ast import And, Expr, Not, Or, TagAtom
 from fleetloop.query.compiler import MAX_LIMIT, request_filters
-from fleetloop.query.index import HOUR_MS, HourIndex, evaluate, ids_of, indexable, scope
+from fleetloop.query.index import (
+    HOUR_MS,
+    HourIndex,
+    evaluate,
+    ids_of,
+    indexable,
+    read_hour_index,
+    read_hour_rows,
+    scope,
+)
 from fleetloop.warehouse import Warehouse
 from pyroaring import BitMap
 
-INDEX_HOUR_TABLE = "dwd_label_index_hour"
-INDEX_BITMAP_TABLE = "dwd_label_index_bitmap"
-VEHICLE_SECOND_TABLE = "dwd_vehicle_second"
-CASES_TABLE = "cases"
+INDEX_HOUR_TABLE = tables.INDEX_HOUR.name
+VEHICLE_SECOND_TABLE = tables.VEHICLE_SECOND.name
+CASES_TABLE = tables.CASES.name
 FIRST_BATCH_VEHICLES = 64
 
 
@@ -140,23 +148,16 @@ class Miner:
             return [], []
         lo = 0 if start_ms is None else start_ms - start_ms % HOUR_MS
         hi = 2**42 if end_ms is None else end_ms
-        rows = self.warehouse.query_rows(
-            f"SELECT toUnixTimestamp(hour) * 1000, version, sealed, vehicles FROM {INDEX_HOUR_TABLE} FINAL "
-            "WHERE hour >= toDateTime(intDiv({lo:Int64}, 1000), 'UTC') "
-            "AND hour < toDateTime(intDiv({hi:Int64}, 1000), 'UTC') ORDER BY hour", {"lo": lo, "hi": hi})
-        sealed = [(int(h), int(v), list(vs)) for h, v, s, vs in rows if s]
-        unsealed = [int(h) for h, _, s, _ in rows if not s]
+        rows = read_hour_rows(self.warehouse, lo, hi)
+        sealed = [(h, v, vs) for h, v, s, vs in rows if s]
+        unsealed = [h for h, _, s, _ in rows if not s]
         return sealed, unsealed
 
     def hour_index(self, hour_ms: int, version: int, vehicles: Sequence[str]) -> HourIndex:
         cached = self._cache.get(hour_ms)
         if cached and cached[0] == version:
             return cached[1]
-        blobs = self.warehouse.query_rows(
-            f"SELECT key, base64Encode(bitmap) FROM {INDEX_BITMAP_TABLE} FINAL "
-            "WHERE hour = toDateTime(intDiv({h:Int64}, 1000), 'UTC') AND version = {v:UInt64}",
-            {"h": hour_ms, "v": version})
-        index = HourIndex.deserialize(hour_ms, vehicles, {k: base64.b64decode(b) for k, b in blobs})
+        index = read_hour_index(self.warehouse, hour_ms, version, vehicles)
         self._cache[hour_ms] = (version, index)
         return index
 

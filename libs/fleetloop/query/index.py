@@ -20,12 +20,15 @@ word; counts are cardinalities and never materialise the seconds.
 from __future__ import annotations
 
 import array
+import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from pyroaring import BitMap
 
+from fleetloop import tables
 from fleetloop.labels.taxonomy import WORD_BITS
 from fleetloop.query.ast import And, Compare, Expr, Not, TagAtom
 
@@ -103,6 +106,49 @@ def build_hour_index(hour_ms: int, vehicle_ids: Sequence[str], ts_ms: np.ndarray
     for park in np.unique(park_arr) if park_arr.size else ():
         bitmaps[f"p:{park}"] = bitmap_of(ids[park_arr == park])
     return HourIndex(hour_ms, tuple(str(v) for v in vehicles), bitmaps)
+
+
+# -- the stored format (tables.INDEX_HOUR / tables.INDEX_BITMAP, label_indexer/migrations/002) ---------
+# The label-indexer writes it with `store_hour_index`/`unsealed_hour_row`, the miner reads it with
+# `read_hour_rows`/`read_hour_index`.
+HOUR_COLUMNS = ["hour", "version", "sealed", "vehicles", "rows"]
+
+
+def unsealed_hour_row(hour_ms: int, version: int) -> tuple:
+    """The directory row that marks an hour as being written (answered by scanning)."""
+    return (hour_ms // 1000, version, 0, [], 0)
+
+
+def store_hour_index(warehouse, index: HourIndex, version: int) -> None:
+    """Write an HourIndex: its bitmaps first, then the sealed directory row that publishes them."""
+    blobs = index.serialize()
+    hour_s = index.hour_ms // 1000
+    warehouse.insert_arrow(tables.INDEX_BITMAP.name, pa.table({
+        "hour": pa.array([hour_s] * len(blobs), pa.timestamp("s", tz="UTC")),
+        "key": pa.array(list(blobs), pa.string()),
+        "version": pa.array([version] * len(blobs), pa.uint64()),
+        "bitmap": pa.array(list(blobs.values()), pa.binary()),
+    }))
+    warehouse.insert_rows(tables.INDEX_HOUR.name, [(hour_s, version, 1, list(index.vehicles), index.rows)],
+                          HOUR_COLUMNS)
+
+
+def read_hour_rows(warehouse, lo_ms: int, hi_ms: int) -> list[tuple[int, int, bool, list[str]]]:
+    """(hour_ms, version, sealed, vehicles) of the latest directory row per hour in [lo_ms, hi_ms)."""
+    rows = warehouse.query_rows(
+        f"SELECT toUnixTimestamp(hour) * 1000, version, sealed, vehicles FROM {tables.INDEX_HOUR.name} FINAL "
+        "WHERE hour >= toDateTime(intDiv({lo:Int64}, 1000), 'UTC') "
+        "AND hour < toDateTime(intDiv({hi:Int64}, 1000), 'UTC') ORDER BY hour", {"lo": lo_ms, "hi": hi_ms})
+    return [(int(h), int(v), bool(s), list(vs)) for h, v, s, vs in rows]
+
+
+def read_hour_index(warehouse, hour_ms: int, version: int, vehicles: Sequence[str]) -> HourIndex:
+    """The HourIndex stored for (hour, sealed version)."""
+    blobs = warehouse.query_rows(
+        f"SELECT key, base64Encode(bitmap) FROM {tables.INDEX_BITMAP.name} FINAL "
+        "WHERE hour = toDateTime(intDiv({h:Int64}, 1000), 'UTC') AND version = {v:UInt64}",
+        {"h": hour_ms, "v": version})
+    return HourIndex.deserialize(hour_ms, vehicles, {k: base64.b64decode(b) for k, b in blobs})
 
 
 def indexable(expr: Expr) -> bool:
