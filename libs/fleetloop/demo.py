@@ -9,7 +9,7 @@ import typer
 
 from fleetloop.config import Settings
 from fleetloop.embedded import EmbeddedStack
-from fleetloop.report import alerts_report, fleet_report
+from fleetloop.report import alerts_report, fleet_report, miner_report
 from fleetloop.runtime import Host
 
 DEMO_QUERY = "agent.pedestrian & junction.signalized & !mode.manual"
@@ -57,7 +57,7 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
             typer.echo(await host.services["case-assembler"].report())
         if "miner" in host.services:
             typer.echo("\n== Mining the per-second labels (label-indexer, miner) ==")
-            typer.echo(host.services["miner"].report(DEMO_QUERY))
+            typer.echo(miner_report(host.services["miner"], DEMO_QUERY))
         dead = sum(c.refused for s in host.services.values()
                    for c in getattr(s, "consumers", [getattr(s, "consumer", None)]) if c is not None)
         typer.echo(f"messages dead-lettered: {dead}")

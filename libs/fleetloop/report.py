@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from io import StringIO
+
+from rich.box import Box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from fleetloop.v1 import common_pb2
 from fleetloop.warehouse import Warehouse
@@ -13,15 +19,21 @@ def road_type_name(value: int) -> str:
     return common_pb2.RoadType.Name(value).removeprefix("ROAD_TYPE_").lower()
 
 
+# No frame: a header line, a dashed line under each header, then one line per row (parseable by
+# splitting on whitespace). Rows of a rich box: top, head, head/row rule, mid, row, foot rule, foot, bottom.
+_PLAIN = Box("    \n    \n -  \n    \n    \n    \n    \n    \n", ascii=True)
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    """Align a small table for the terminal: first column left, the others right."""
-    text = [[str(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-              for r in text]
-    return "\n".join(lines)
+    """A small table for the terminal as plain text (rich, no colour): first column left, the others right."""
+    grid = Table(box=_PLAIN, show_edge=False, pad_edge=False, header_style="", highlight=False)
+    for i, h in enumerate(headers):
+        grid.add_column(Text(h), justify="right" if i else "left", no_wrap=True)
+    for row in rows:
+        grid.add_row(*(Text(str(v)) for v in row))
+    out = StringIO()
+    Console(file=out, width=100_000, color_system=None, force_terminal=False, legacy_windows=False).print(grid)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
 
 def fleet_report(warehouse: Warehouse) -> str:
@@ -71,3 +83,26 @@ def alerts_report(alerts: list) -> str:
             a.summary[:90],
         ])
     return table(["opened (UTC)", "kind", "severity", "state", "vehicle / park", "summary"], rows)
+
+
+def miner_report(miner, expression: str) -> str:
+    """What `make demo` prints for the miner: the clips of one mining query and the problem scenes.
+
+    `miner` is the running miner service; only its public `api` (the MinerService servicer and its
+    `miner`) is read."""
+    from fleetloop.query import MineRequest
+    from fleetloop.v1 import miner_pb2
+
+    result = miner.api.miner.mine(MineRequest(expression, limit=10_000))
+    clips = sorted(result.clips, key=lambda c: c.end_ms - c.start_ms, reverse=True)
+    lines = [f"mine {expression!r}: {len(result.clips)} clips, "
+             f"{sum(c.matched_seconds for c in result.clips):,} matching seconds ({result.plan})",
+             table(["vehicle", "start (UTC)", "s", "cases"], [
+                 [c.vehicle_id, time.strftime("%H:%M:%S", time.gmtime(c.start_ms / 1000)),
+                  (c.end_ms - c.start_ms) // 1000, ",".join(x[:8] for x in c.case_ids)] for c in clips[:8]])]
+    clusters = miner.api.clusters(miner_pb2.ClustersRequest())
+    lines.append(f"\nproblem scenes: {clusters.problems} problems from {clusters.source}, "
+                 f"{len(clusters.scenes)} clusters (silhouette {clusters.silhouette:.2f})")
+    lines.append(table(["scene", "size", "dominant trigger", "similar seconds in the fleet", "mining expression"], [
+        [s.name, s.size, s.dominant_trigger, f"{s.similar_seconds:,}", s.expression] for s in clusters.scenes]))
+    return "\n".join(lines)
