@@ -161,3 +161,37 @@ async def test_good_requests_still_answer(channel):
         await rpc(ch, "FleetService", "GetVehicle")(fleet_service_pb2.GetVehicleRequest(vehicle_id="veh-9999"),
                                                     timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the handler's own abort passes through
+
+
+@pytest.mark.integration
+async def test_the_miner_refuses_oversized_repeated_fields_and_long_expressions(warehouse):
+    from fleetloop.config import load_yaml
+    from fleetloop.labels import load_taxonomy
+    from fleetloop.v1 import miner_pb2, miner_pb2_grpc
+
+    from services.miner.api import MinerConfig, make_api
+    from services.miner.service import CONFIG
+
+    api = make_api(warehouse, load_taxonomy(), load_yaml(CONFIG, MinerConfig))
+    server, port = await start_server([Servicer(miner_pb2_grpc.add_MinerServiceServicer_to_server, api,
+                                                "fleetloop.v1.MinerService")], "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = miner_pb2_grpc.MinerServiceStub(ch)
+            for call, request, words in [
+                    (stub.Count, miner_pb2.MineRequest(expression="clear", parks=["p"] * 1001), "parks holds 1001"),
+                    (stub.Count, miner_pb2.MineRequest(expression="clear | " * 2000), "expression holds"),
+                    (stub.Distribution, miner_pb2.DistributionRequest(group_by=["clear"] * 17), "group_by holds 17"),
+                    (stub.Curriculum, miner_pb2.CurriculumRequest(yaml="x" * 70_000), "yaml holds 70000")]:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(request, timeout=30)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+                assert words in err.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.Mine(miner_pb2.MineRequest(expression="clear", vehicle_ids=["veh-1"] * 10_001),
+                                         timeout=30):
+                    pass
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "vehicle_ids holds 10001" in err.value.details()
+    finally:
+        await server.stop(grace=None)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pyarrow.parquet as pq
-from fleetloop import tables
+from fleetloop import request_checks, tables
 from fleetloop.config import ConfigModel
 from fleetloop.labels import LABEL_TABLE, Taxonomy
 from fleetloop.query import MineRequest, QueryError
@@ -56,6 +56,10 @@ def clip_message(clip: MinedClip) -> miner_pb2.Clip:
                           case_ids=list(clip.case_ids))
 
 
+# How many items a request's repeated fields may hold (fleetloop.request_checks).
+REPEATED_MAX = {"vehicle_ids": 10_000, "parks": 1_000, "group_by": 16}
+
+
 class MinerApi(miner_pb2_grpc.MinerServiceServicer):
     """Every call runs the (blocking) engine off the event loop; bad input -> INVALID_ARGUMENT."""
 
@@ -84,6 +88,10 @@ class MinerApi(miner_pb2_grpc.MinerServiceServicer):
         raise AssertionError("unreachable")
 
     async def Mine(self, request, context):  # noqa: N802 - gRPC method name
+        try:  # a server stream: checked here, as @guarded does for the unary calls
+            request_checks.check(request, REPEATED_MAX)
+        except request_checks.BadRequest as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         mine_request = await self._request(request, context)
         result = await self._call(context, self.miner.mine, mine_request)
         chunk = request.chunk_size or self.defaults.chunk
@@ -93,10 +101,12 @@ class MinerApi(miner_pb2_grpc.MinerServiceServicer):
                                       else "", plan=result.plan if not i else "",
                                       last=i + chunk >= len(result.clips))
 
+    @request_checks.guarded(REPEATED_MAX)
     async def Count(self, request, context):  # noqa: N802
         counts = await self._call(context, self.miner.count, await self._request(request, context))
         return miner_pb2.CountResponse(**counts)
 
+    @request_checks.guarded(REPEATED_MAX)
     async def Distribution(self, request, context):  # noqa: N802
         scope = MineRequest("clear | !clear", start_ms=request.start_ms or None, end_ms=request.end_ms or None,
                             parks=tuple(request.parks))
@@ -104,10 +114,12 @@ class MinerApi(miner_pb2_grpc.MinerServiceServicer):
         return miner_pb2.DistributionResponse(
             rows=[miner_pb2.DistributionRow(**r) for r in rows], total_seconds=sum(r["seconds"] for r in rows))
 
+    @request_checks.guarded(REPEATED_MAX)
     async def Explain(self, request, context):  # noqa: N802
         return miner_pb2.ExplainResponse(**await self._call(context, self.miner.explain,
                                                             await self._request(request, context)))
 
+    @request_checks.guarded(REPEATED_MAX)
     async def ListTags(self, request, context):  # noqa: N802
         tags = [miner_pb2.TagInfo(name=t.name, family=t.family, aliases=list(t.aliases), standard=t.standard,
                                   since=t.since) for t in self.taxonomy.active_tags]
@@ -115,9 +127,11 @@ class MinerApi(miner_pb2_grpc.MinerServiceServicer):
                                    since=n.since) for n in self.taxonomy.numeric]
         return miner_pb2.ListTagsResponse(taxonomy_version=self.taxonomy.version, tags=tags)
 
+    @request_checks.guarded(REPEATED_MAX)
     async def Clusters(self, request, context):  # noqa: N802
         return await self._call(context, self.clusters, request)
 
+    @request_checks.guarded(REPEATED_MAX)
     async def Curriculum(self, request, context):  # noqa: N802
         return await self._call(context, self.curriculum, request)
 
