@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import yaml
 from fleetloop.bus import Bus
-from fleetloop.config import Settings
+from fleetloop.config import Settings, load_yaml
 from fleetloop.grpc_server import Servicer, start_server
 from fleetloop.labels import load_taxonomy
 from fleetloop.v1 import miner_pb2_grpc
 from fleetloop.warehouse import Warehouse
 
-from services.miner.api import make_api
+from services.miner.api import MinerConfig, make_api
 
 NAME = "miner"
 CONFIG = Path(__file__).with_name("miner.yaml")
@@ -33,7 +32,7 @@ class MinerService:
         self.warehouse = warehouse
         self.bus = bus
         self.taxonomy = load_taxonomy()
-        self.api = make_api(warehouse, self.taxonomy, yaml.safe_load(CONFIG.read_text()))
+        self.api = make_api(warehouse, self.taxonomy, load_yaml(CONFIG, MinerConfig))
         self.consumers: list = []
         self.grpc_port = 0
 
