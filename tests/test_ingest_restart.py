@@ -1,10 +1,13 @@
 """Killing heartbeat-ingest (SIGKILL) mid-stream and starting it again loses and doubles nothing.
 
-The kill is repeated until one lands after a batch's heartbeats were written to ClickHouse but before
-its offsets were committed (the warehouse, read after the kill, holds more heartbeats than the
-committed offsets cover), so the restart must replay rows that are already there and absorb them.
-The stream carries heartbeats, poses and triggers (MPS/MPD/MPI), and one vehicle standing still long
-enough for a stop-and-not-go alert: rows, Redis live state, metrics and alerts are checked after it.
+Two kills. The first lands wherever the stream happens to be. The second is made to land after a
+batch's heartbeats were written to ClickHouse but before its offsets were committed: the service's
+Redis is stopped (SIGSTOP), so the batch that follows the inserts waits on its live-state write, and
+the kill comes once the service logs that stall. The warehouse, read after that kill, holds more
+heartbeats than the committed offsets cover, so the restart must replay rows that are already there
+and absorb them. The stream carries heartbeats, poses and triggers (MPS/MPD/MPI), and one vehicle
+standing still long enough for a stop-and-not-go alert: rows, Redis live state, metrics and alerts
+are checked after it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fleetloop import topics
 from fleetloop.bus import Bus, ensure_topics
+from fleetloop.embedded import start_redis
+from fleetloop.state import connect
 from fleetloop.v1 import alerts_pb2, triggers_pb2
 
 from services.heartbeat_ingest.alert_store import AlertStore
@@ -31,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 VEHICLES, SECONDS, TRIGGERS = 12, 150, 40
 STANDING = "veh-stop"  # speed 0 with a running task: a stop-and-not-go alert opens at 60 s
-MAX_KILLS = 6
 
 READ = """
 import json, sys
@@ -72,9 +77,24 @@ async def committed(bootstrap: str, group_id: str, topic_names: tuple[str, ...])
         await probe.stop()
 
 
-def start_service(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fleetloop.cli", "serve", "heartbeat-ingest"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+class Service:
+    """One `fleetloop serve heartbeat-ingest` process; a thread keeps its stderr lines."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "fleetloop.cli", "serve", "heartbeat-ingest"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+
+    def alive(self) -> None:
+        assert self.proc.poll() is None, "".join(self.lines)
+
+    def stalled_on_redis(self) -> bool:
+        return any(f"group {GROUP_ID}: stalled" in line and "redis" in line.lower() for line in self.lines)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
 
 
 def read_warehouse(chdb_url: str, env: dict[str, str]) -> dict:
@@ -83,7 +103,7 @@ def read_warehouse(chdb_url: str, env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker, redis_url, redis_client, tmp_path):
+async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker, tmp_path):
     await ensure_topics(broker)
     bus = Bus(broker)
     await bus.start()
@@ -96,56 +116,75 @@ async def test_sigkill_mid_stream_then_restart_neither_loses_nor_doubles(broker,
     await bus.stop()
     total = len(messages)
 
+    (tmp_path / "redis").mkdir()
+    redis_proc, redis_url = start_redis(tmp_path / "redis")  # private: the test stops and continues it
     chdb_url = f"chdb://{tmp_path / 'warehouse'}"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker, "REDIS_URL": redis_url, "CLICKHOUSE_URL": chdb_url,
            "FLEETLOOP_GRPC_PORT": "0", "FLEETLOOP_CONSUMER_BATCH_MAX": "150", "FLEETLOOP_DATA_DIR": str(tmp_path),
            "FLEETLOOP_MONITOR_CLOCK": "event"}
-    started: list[subprocess.Popen] = []
+    started: list[Service] = []
     try:
-        await kill_until_a_replay_is_due_then_finish(broker, redis_url, redis_client, env, total, chdb_url, started)
+        await kill_twice_then_finish(broker, redis_proc, redis_url, env, total, chdb_url, started)
     finally:
-        for proc in started:  # a failed assertion must not leave a service running
-            if proc.poll() is None:
-                proc.kill()
+        for service in started:  # a failed assertion must not leave a service running
+            if service.proc.poll() is None:
+                service.kill()
+        os.kill(redis_proc.pid, signal.SIGCONT)
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
 
 
-async def kill_until_a_replay_is_due_then_finish(broker: str, redis_url: str, redis_client, env: dict[str, str],
-                                                 total: int, chdb_url: str, started: list[subprocess.Popen]) -> None:
+async def kill_twice_then_finish(broker: str, redis_proc: subprocess.Popen, redis_url: str, env: dict[str, str],
+                                 total: int, chdb_url: str, started: list[Service]) -> None:
     async def ingested() -> int:
         return await committed(broker, GROUP_ID, (topics.HEARTBEAT, topics.POSE))
 
-    kills = []  # (heartbeats covered by committed offsets, heartbeats in the warehouse) after each kill
-    while len(kills) < MAX_KILLS and not any(written > covered for covered, written in kills):
-        proc = start_service(env)
-        started.append(proc)
+    async def run_until_progress() -> Service:
+        service = Service(env)
+        started.append(service)
         before = await ingested()
 
-        async def some_progress(proc=proc, before=before) -> bool:
-            assert proc.poll() is None, proc.stderr.read().decode()
+        async def some_progress() -> bool:
+            service.alive()
             return await ingested() >= before + total // 10
 
         await wait_until(some_progress, timeout_s=120, poll_s=0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert await ingested() < total, "the kill must land mid-stream"
-        covered = await committed(broker, GROUP_ID, (topics.HEARTBEAT,))
-        kills.append((covered, read_warehouse(chdb_url, env)["hb"]))
-    covered, written = kills[-1]
-    assert written > covered, f"no kill landed between a batch's insert and its commit: {kills}"
+        return service
 
-    last = start_service(env)
+    # Kill 1: wherever the stream is.
+    (await run_until_progress()).kill()
+    assert await ingested() < total, "the kill must land mid-stream"
+
+    # Kill 2: between a batch's inserts and its commit, held there by a stopped Redis.
+    service = await run_until_progress()
+    os.kill(redis_proc.pid, signal.SIGSTOP)
+    try:
+        async def stalled() -> bool:
+            service.alive()
+            return service.stalled_on_redis()
+
+        await wait_until(stalled, timeout_s=120)
+        service.kill()
+    finally:
+        os.kill(redis_proc.pid, signal.SIGCONT)
+    assert await ingested() < total, "the kill must land mid-stream"
+    covered = await committed(broker, GROUP_ID, (topics.HEARTBEAT,))
+    written = read_warehouse(chdb_url, env)["hb"]
+    assert written > covered, f"the stalled batch's heartbeats must be in the warehouse: {written} <= {covered}"
+
+    last = Service(env)
     started.append(last)
     alerts = AlertStore(redis_url)
 
     async def all_done() -> bool:
-        assert last.poll() is None, last.stderr.read().decode()
+        last.alive()
         return (await ingested() == total
                 and await committed(broker, f"{GROUP_ID}-metrics", (topics.TRIGGERS,)) == TRIGGERS
                 and any(a.vehicle_id == STANDING for a in await alerts.newest(100)))
 
     await wait_until(all_done, timeout_s=180)
-    last.send_signal(signal.SIGTERM)
-    assert last.wait(timeout=60) == 0, last.stderr.read().decode()
+    last.proc.send_signal(signal.SIGTERM)
+    assert last.proc.wait(timeout=60) == 0, "".join(last.lines)
 
     counts = read_warehouse(chdb_url, env)
     n_vehicles = VEHICLES + 1
@@ -157,7 +196,11 @@ async def kill_until_a_replay_is_due_then_finish(broker: str, redis_url: str, re
     assert counts["triggers"] == [TRIGGERS, TRIGGERS]
 
     # Redis live state: every vehicle at its last heartbeat, none rolled back by the replay.
-    live = {v["vehicle_id"]: v for v in await LiveState(redis_client).all_vehicles()}
+    client = connect(redis_url)
+    try:
+        live = {v["vehicle_id"]: v for v in await LiveState(client).all_vehicles()}
+    finally:
+        await client.aclose()
     assert sorted(live) == sorted([f"veh-{v:03d}" for v in range(VEHICLES)] + [STANDING])
     assert {v["last_seen_ms"] for v in live.values()} == {str(T0_MS + 1000 * (SECONDS - 1))}
     assert float(live[STANDING]["speed_mps"]) == 0.0 and float(live["veh-000"]["speed_mps"]) == 8.0

@@ -202,14 +202,15 @@ class BatchConsumer:
                 raise Abandoned(stall_reason(exc)) from exc
             raise
         if self.stalled is not None:
-            log.warning("%s: resumed after stall (%s)", self.service, self.stalled)
+            log.warning("%s, group %s: resumed after stall (%s)", self.service, self.group_id, self.stalled)
             self.stalled = None
         return result
 
     def _on_stall(self, state: RetryCallState) -> None:
         exc = state.outcome.exception()
         self.stalled = stall_reason(exc)
-        log.warning("%s: stalled (%s: %s), try %d; retrying in %.1f s", self.service, self.stalled, exc,
+        log.warning("%s, group %s: stalled (%s: %s), try %d; retrying in %.1f s", self.service, self.group_id,
+                    self.stalled, exc,
                     state.attempt_number, state.next_action.sleep if state.next_action else 0.0)
 
     async def _commit(self, polled: dict[TopicPartition, list]) -> None:
