@@ -30,6 +30,10 @@ CASES = Table("cases", "case_assembler",
               ("case_id", "vehicle_id", "window_start", "window_end", "triggers"))
 TRIGGER_EVENTS = Table("trigger_events", "case_assembler",
                        ("vehicle_id", "onset", "trigger", "category"))
+CASE_LOGS = Table("case_logs", "case_assembler", ("case_id", "tier", "status", "uri", "size_bytes", "sha256"))
+SOLUTIONS = Table("replay_solutions", "replay_validator",
+                  ("solution_id", "case_id", "vehicle_id", "policy", "search_config_version", "verdict",
+                   "baseline_terms", "solution_terms", "pair_uri", "solution_json"))
 
 REGISTRY: tuple[Table, ...] = (LABEL_SECOND, INDEX_HOUR, INDEX_BITMAP, VEHICLE_SECOND, FLEET_DAY, CASES,
-                               TRIGGER_EVENTS)
+                               TRIGGER_EVENTS, CASE_LOGS, SOLUTIONS)
