@@ -39,22 +39,13 @@ DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda (default: replay
 CONFIG = typer.Option(None, "--config", help="replay.yaml to use instead of the packaged one")
 
 
-class _Setup:
-    """The configuration, device, world model and policy of one command."""
+def _replayer(config_path: Path | None, method: str | None, iterations: int | None, candidates: int | None,
+              device: str | None, policy: str, checkpoints: Path) -> Any:
+    """The command's replay set-up (`fleetloop.replay.replayer`, the one the replay-validator uses)."""
+    from fleetloop.replay.replayer import Replayer
 
-    def __init__(self, config_path: Path | None, method: str | None, iterations: int | None,
-                 candidates: int | None, device: str | None, policy: str, checkpoints: Path) -> None:
-        from fleetloop.replay.config import load_config, resolve_device
-        from fleetloop.replay.policies import get_policy
-        from fleetloop.replay.world import WorldModel
-
-        budget = {k: v for k, v in (("method", method), ("iterations", iterations),
-                                    ("candidates_per_iteration", candidates)) if v is not None}
-        self.config = load_config(config_path, overrides={"search": budget} if budget else None)
-        self.device = resolve_device(device or self.config.section("device"))
-        self.world = WorldModel(self.config)
-        self.policy_spec = policy
-        self.policy = get_policy(policy, self.config, checkpoints)
+    return Replayer.build(policy=policy, checkpoints=checkpoints, config_path=config_path, device=device,
+                          search={"method": method, "iterations": iterations, "candidates_per_iteration": candidates})
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -77,7 +68,7 @@ def suite(n: int = typer.Option(200, "--n", help="scenarios, spread over every f
     from fleetloop.replay.suite import run_suite, suite_table
 
     try:
-        setup = _Setup(config, method, iterations, candidates, device, policy, checkpoints)
+        setup = _replayer(config, method, iterations, candidates, device, policy, checkpoints)
         report = run_suite(n, suite_seed, setup.config, setup.world, setup.policy, setup.device, seed)
     except (ScenarioError, ValueError, KeyError) as exc:
         raise _fail(exc) from None
@@ -113,26 +104,20 @@ def scenario(minilog: Path = typer.Option(..., "--minilog", exists=True, dir_oka
     """Replay one scenario from a minilog: baseline vs solution per cost term, decisions, triggers."""
     from fleetloop.replay.maps import PolylineMap, SimWorldMap
     from fleetloop.replay.minilog import from_minilog
-    from fleetloop.replay.robustness import revalidate
     from fleetloop.replay.scenario import ScenarioError
-    from fleetloop.replay.search import search
     from fleetloop.sim import FleetSimulator, SimConfig
 
     try:
-        setup = _Setup(config, method, iterations, candidates, device, policy, checkpoints)
+        setup = _replayer(config, method, iterations, candidates, device, policy, checkpoints)
         world_map: Any = PolylineMap([]) if no_map else SimWorldMap.from_simulator(
             FleetSimulator(SimConfig(vehicles=sim_vehicles, seed=sim_seed, duration_s=sim_duration_s)))
         scen = from_minilog(minilog.read_bytes(), world_map, setup.config, at_ms=at_ms, device=setup.device)
-        start = time.perf_counter()
-        result = search(scen, setup.world, setup.policy, setup.config, seed=seed)
-        seconds = time.perf_counter() - start
-        verdict = revalidate(scen, setup.world, result.solution_actions, setup.config, seed=seed,
-                             baseline_actions=result.baseline.ego_actions[:, 0]) if robust else None
+        solved = setup.solve(scen, seed=seed, robust=robust)
     except (ScenarioError, ValueError, KeyError) as exc:
         raise _fail(exc) from None
-    _print_scenario(scen, result, verdict, seconds, setup.config)
+    _print_scenario(scen, solved.result, solved.verdict, solved.seconds, setup.config)
     if out or xosc:
-        _write_pair(scen, result, verdict, setup, out, xosc)
+        _write_pair(scen, solved, setup, out, xosc)
 
 
 def _print_scenario(scen: Any, result: Any, verdict: Any, seconds: float, config: Any) -> None:
@@ -173,12 +158,11 @@ def _print_scenario(scen: Any, result: Any, verdict: Any, seconds: float, config
                    f"solution {w['solution_total']:.2f} vs baseline {w['baseline_total']:.2f}")
 
 
-def _write_pair(scen: Any, result: Any, verdict: Any, setup: _Setup, out: Path | None, xosc: Path | None) -> None:
+def _write_pair(scen: Any, solved: Any, setup: Any, out: Path | None, xosc: Path | None) -> None:
     from fleetloop.replay.export import write_openscenario
     from fleetloop.replay.pair import pair_to_bytes
-    from fleetloop.replay.search import solution_pair
 
-    pair = solution_pair(scen, result, 0, setup.config, setup.policy_spec, verdict, created_ms=int(time.time() * 1000))
+    pair = setup.pair(scen, solved, 0, created_ms=int(time.time() * 1000))
     if out:
         data = pair_to_bytes(pair, setup.config)
         out.write_bytes(data)
