@@ -36,7 +36,7 @@ from fleetloop.warehouse import Warehouse  # noqa: E402
 from services.heartbeat_ingest import rows  # noqa: E402
 from services.heartbeat_ingest.live_state import LiveState  # noqa: E402
 from services.heartbeat_ingest.service import HeartbeatIngest  # noqa: E402
-from tests.fleetdata import drive  # noqa: E402
+from tests.support.fleetdata import drive  # noqa: E402
 
 
 async def publish(bootstrap: str, vehicles: int, seconds: int) -> int:

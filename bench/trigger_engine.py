@@ -1,6 +1,6 @@
 """trigger-engine over a simulated backlog: how cross-topic alignment decides what it finds.
 
-The backlog (tests/enginedata.py: 4 vehicles x 25 min, 25 injected incidents) is published to a
+The backlog (tests/support/enginedata.py: 4 vehicles x 25 min, 25 injected incidents) is published to a
 fresh embedded broker before the engine starts, so the four input topics arrive in fetch order,
 minutes apart in event time. Two variants of the in-process engine drain it, each on its own broker:
 
@@ -34,7 +34,7 @@ from fleetloop.config import Settings  # noqa: E402
 from fleetloop.embedded import start_broker  # noqa: E402
 
 from services.trigger_engine.service import TriggerEngine  # noqa: E402
-from tests.enginedata import as_raw, emitted, expected_events, publish, simulate  # noqa: E402
+from tests.support.enginedata import as_raw, emitted, expected_events, publish, simulate  # noqa: E402
 
 MATCH_SLACK_MS = 5_000
 

@@ -7,10 +7,12 @@ import time
 
 import typer
 
+from fleetloop import tables
 from fleetloop.config import Settings
 from fleetloop.embedded import EmbeddedStack
-from fleetloop.report import alerts_report, fleet_report, miner_report
+from fleetloop.report import alerts_report, cases_report, fleet_report, metrics_table, miner_report
 from fleetloop.runtime import Host
+from fleetloop.v1 import metrics_pb2
 
 DEMO_QUERY = "agent.pedestrian & junction.signalized & !mode.manual"
 
@@ -45,21 +47,23 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
         typer.echo(fleet_report(warehouse))
         truth = GroundTruth.read_jsonl(truth_path)
         truth_km = sum(r.distance_m for r in truth.mileage) / 1000
-        seen_km = warehouse.query_rows("SELECT sum(distance_m) / 1000 FROM dws_fleet_day")[0][0]
+        seen_km = warehouse.query_rows(f"SELECT sum(distance_m) / 1000 FROM {tables.FLEET_DAY}")[0][0]
         typer.echo(f"\nkm in ClickHouse {seen_km:,.2f} vs simulator ground truth {truth_km:,.2f}")
         alerts = await ingest.alerts.newest(10_000)
         typer.echo(f"\n== Alerts ({len(alerts)} incidents; fleet.alerts.v1, lifecycle in Redis) ==")
         typer.echo(alerts_report(alerts))
         typer.echo("\n== MPS / MPD / MPI (triggers from trigger-engine, mileage from heartbeat-ingest) ==")
-        typer.echo(ingest.metrics_report())
+        for group_by in ("", "park", "road_type"):
+            response = await ingest.metrics_api.metrics(metrics_pb2.GetMetricsRequest(group_by=group_by))
+            typer.echo(("\n" if group_by else "") + metrics_table(response, group_by))
         if "case-assembler" in host.services:
             typer.echo("\n== Cases (case-assembler) ==")
-            typer.echo(await host.services["case-assembler"].report())
+            online_s = sum(u.online_s for u in await host.services["case-assembler"].state.all_usage())
+            typer.echo(cases_report(warehouse, online_s))
         if "miner" in host.services:
             typer.echo("\n== Mining the per-second labels (label-indexer, miner) ==")
             typer.echo(miner_report(host.services["miner"], DEMO_QUERY))
-        dead = sum(c.refused for s in host.services.values()
-                   for c in getattr(s, "consumers", [getattr(s, "consumer", None)]) if c is not None)
+        dead = sum(c.refused for s in host.services.values() for c in s.consumers)
         typer.echo(f"messages dead-lettered: {dead}")
         await host.stop()
     typer.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fleetloop import tables
 from fleetloop.v1 import common_pb2
 from fleetloop.warehouse import Warehouse
 
@@ -58,11 +59,63 @@ def fleet_report(warehouse: Warehouse) -> str:
     total = warehouse.query_dicts(
         "SELECT sum(distance_m) / 1000 AS km, sum(operating_s) / 3600 AS op_h, sum(autonomous_s) / 3600 AS auto_h, "
         "sum(distance_m) / 1000 / greatest(sum(moving_s) / 3600, 1e-9) AS kph, uniqExact(vehicle_id) AS n "
-        "FROM dws_fleet_day")[0]
+        f"FROM {tables.FLEET_DAY}")[0]
     rows.append(["all", "", total["n"], f"{total['km']:,.1f}",
                  f"{total['auto_h'] / total['op_h']:.2%}" if total["op_h"] else "-", f"{total['kph']:.1f}",
                  *["" for _ in road_types]])
     return table(headers, rows)
+
+
+METRICS = ("mps", "mpd_all", "mpd_resp", "mpi")
+
+
+def metrics_table(response, group_by: str) -> str:
+    """A GetMetricsResponse as a table: km, then per metric the count, the rate per 10k km and km per event."""
+    headers = [group_by or "fleet", "km"]
+    for m in METRICS:
+        headers += [m.upper(), "/10k km", "km/event"]
+    rows = []
+    for r in response.rows:
+        line: list[object] = [r.group, f"{r.km:,.1f}"]
+        for m in METRICS:
+            v = getattr(r, m)
+            line += [f"{v.events:g}", f"{v.per_10k_km:,.1f}", f"{v.km_per_event:,.1f}" if v.events else "-"]
+        rows.append(line)
+    return table(headers, rows)
+
+
+def cases_report(warehouse: Warehouse, online_s: float, max_cases: int = 30) -> str:
+    """What `make demo` prints for the case-assembler: the cases made, and the upload volume against the
+    raw-equivalent of the same driving (`online_s` vehicle-seconds × vehicle.yaml's raw bytes per minute)."""
+    from fleetloop.v1 import cases_pb2, triggers_pb2
+    from fleetloop.vehicle.params import load_vehicle_params
+
+    raw_per_minute = load_vehicle_params().raw_bytes_per_minute
+    cases = warehouse.query_dicts(
+        "SELECT case_id, vehicle_id, window_start, window_end, category, triggers, tier_status, status "
+        "FROM cases FINAL ORDER BY window_start")
+    logs = warehouse.query_dicts(
+        "SELECT tier, count() AS n, sum(size_bytes) AS written, sum(declared_bytes) AS counted "
+        "FROM case_logs FINAL WHERE status = 'complete' GROUP BY tier ORDER BY tier")
+    lines = [table(["case", "vehicle", "window (UTC)", "s", "category", "triggers", "tiers", "status"], [
+        [c["case_id"], c["vehicle_id"], c["window_start"].strftime("%H:%M:%S"),
+         f"{(c['window_end'] - c['window_start']).total_seconds():.0f}",
+         triggers_pb2.TriggerCategory.Name(c["category"]).removeprefix("TRIGGER_CATEGORY_").lower(),
+         ",".join(sorted(set(c["triggers"]))), " ".join(f"{t}:{s}" for t, s in sorted(c["tier_status"].items())),
+         cases_pb2.CaseStatus.Name(c["status"]).removeprefix("CASE_STATUS_").lower()]
+        for c in cases[:max_cases]])]
+    if len(cases) > max_cases:
+        lines.append(f"... and {len(cases) - max_cases} more (`fleetloop cases list`)")
+    uploaded = sum(r["counted"] for r in logs)
+    raw_equivalent = online_s / 60 * raw_per_minute
+    lines.append("uploads: " + ", ".join(
+        f"{r['tier']} {r['n']} ({r['written'] / 1e3:,.0f} kB written"
+        + (f", {r['counted'] / 1e9:,.1f} GB declared)" if r["tier"] == "raw" else ")") for r in logs))
+    if uploaded:
+        lines.append(f"uploaded {uploaded / 1e9:,.2f} GB (microlog/minilog real MCAP bytes, raw declared "
+                     f"at {raw_per_minute / 1e9:g} GB/min) vs raw-equivalent {raw_equivalent / 1e9:,.0f} GB of "
+                     f"{online_s / 3600:,.2f} online vehicle-hours: {raw_equivalent / uploaded:,.0f}x less")
+    return "\n".join(lines)
 
 
 def alerts_report(alerts: list) -> str:

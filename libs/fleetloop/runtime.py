@@ -1,7 +1,8 @@
 """Hosting services: one per process (`fleetloop serve <service>`, cluster mode) or all of
 them as asyncio tasks of one process (embedded mode, one chDB engine).
 
-Libraries never import services directly; services are looked up here by name.
+Libraries never import services directly; services are looked up here by name, and the host and
+`make demo` use only what `Service` declares (a service's other public attributes are its own).
 
 The host supervises what it runs: a service whose task raises is logged with its error and
 started again as a fresh instance (its consumers resume from their committed offsets and state
@@ -20,16 +21,30 @@ import importlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from fleetloop.bus import Bus, ensure_topics
+from fleetloop.bus import BatchConsumer, Bus, ensure_topics
 from fleetloop.config import Settings
 from fleetloop.grpc_server import PortInUse, start_not_serving
 from fleetloop.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
+
+
+
+class Service(Protocol):
+    """What every service class under services/ is: built as `cls(settings, warehouse, bus)`."""
+
+    consumers: Sequence[BatchConsumer]  # every consumer group it runs (empty for a query-only service)
+
+    async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
+        """Consume (and serve gRPC when asked) until `stop` is set; an exception is a failure to restart."""
+
+    async def settled(self) -> bool:
+        """True when nothing the service took in is still pending beyond its consumers' lag."""
+
 
 # service name -> (import path of its class, default gRPC port or 0 when it serves none)
 SERVICES: dict[str, tuple[str, int]] = {
@@ -68,7 +83,7 @@ class Host:
         self.restart_window_s = restart_window_s
         self.backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s)
         self.stop_event = asyncio.Event()
-        self.services: dict[str, Any] = {}
+        self.services: dict[str, Service] = {}
         self.tasks: list[asyncio.Task] = []
         self.restarts: collections.Counter[str] = collections.Counter()
         self.health: dict[str, str] = {}  # name -> RUNNING, RESTARTING, FAILED, STOPPED
@@ -89,7 +104,7 @@ class Host:
             return dataclasses.replace(self.settings, grpc_port=port)
         return self.settings
 
-    def _instance(self, name: str) -> Any:
+    def _instance(self, name: str) -> Service:
         return service_class(name)(self._settings_for(name), self.warehouse, self.bus)
 
     async def _supervise(self, name: str) -> None:
@@ -152,10 +167,8 @@ class Host:
             for task in self.tasks:
                 if task.done():
                     task.result()  # surfaces a crashed service instead of waiting forever
-            lags = [await consumer.lag() for service in self.services.values()
-                    for consumer in getattr(service, "consumers", [getattr(service, "consumer", None)])
-                    if consumer is not None]
-            settled = [await service.settled() for service in self.services.values() if hasattr(service, "settled")]
+            lags = [await consumer.lag() for service in self.services.values() for consumer in service.consumers]
+            settled = [await service.settled() for service in self.services.values()]
             quiet = quiet + 1 if all(lag == 0 for lag in lags) and all(settled) else 0
             await asyncio.sleep(poll_s)
 

@@ -1,6 +1,6 @@
 """Warehouse tables read across service boundaries: name, owning service, the columns readers rely on.
 
-The owner's migrations (services/<owner>/migrations) are the truth; tests/test_tables.py checks that
+The owner's migrations (services/<owner>/migrations) are the truth; tests/unit/test_tables.py checks that
 every declared column exists there. A reader names a table through this registry instead of a copied
 string, and relies only on the declared columns.
 """
@@ -25,7 +25,8 @@ LABEL_SECOND = Table("dwd_label_second", "label_indexer",
 INDEX_HOUR = Table("dwd_label_index_hour", "label_indexer", ("hour", "version", "sealed", "vehicles", "rows"))
 INDEX_BITMAP = Table("dwd_label_index_bitmap", "label_indexer", ("hour", "key", "version", "bitmap"))
 VEHICLE_SECOND = Table("dwd_vehicle_second", "heartbeat_ingest", ("vehicle_id", "ts", "distance_m"))
-FLEET_DAY = Table("dws_fleet_day", "heartbeat_ingest", ("day", "vehicle_id", "park", "distance_m", "seconds"))
+FLEET_DAY = Table("dws_fleet_day", "heartbeat_ingest", ("day", "vehicle_id", "park", "distance_m", "seconds",
+                                                        "operating_s", "autonomous_s", "moving_s"))
 CASES = Table("cases", "case_assembler",
               ("case_id", "vehicle_id", "window_start", "window_end", "triggers"))
 TRIGGER_EVENTS = Table("trigger_events", "case_assembler",

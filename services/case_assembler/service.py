@@ -19,7 +19,6 @@ from fleetloop import codec, topics
 from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
 from fleetloop.config import Settings
 from fleetloop.grpc_server import Servicer, start_server
-from fleetloop.report import table
 from fleetloop.state import connect
 from fleetloop.v1 import case_service_pb2_grpc, cases_pb2, triggers_pb2, uploads_pb2
 from fleetloop.vehicle.objectstore import open_store
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 NAME = "case-assembler"
 GROUP_ID = "case-assembler"
 MIGRATIONS = Path(__file__).parent / "migrations"
-RAW_BYTES_PER_MINUTE = 4e9  # ARCHITECTURE §1: about 4 GB of raw sensor data per vehicle-minute
 
 
 def decode_trigger(record: Record) -> triggers_pb2.TriggerEvent:
@@ -73,6 +71,7 @@ class CaseAssembler:
             topic_names=[topics.TRIGGERS, topics.UPLOADS, topics.HEARTBEAT], handler=self.handle, bus=bus,
             service=NAME, batch_max=settings.consumer_batch_max, poll_ms=settings.consumer_poll_ms,
         )
+        self.consumers = [self.consumer]
         self.grpc_port = 0
 
     def migrate(self) -> None:
@@ -290,42 +289,16 @@ class CaseAssembler:
             await self._commit(Changes(cases={case.case_id: case}), [], [])
             return case
 
-    async def report(self, max_cases: int = 30) -> str:
-        """What `make demo` prints: the cases made and the upload volume against the raw-equivalent
-        of the same driving (online vehicle-seconds from heartbeats × ~4 GB per vehicle-minute)."""
-        cases = await self.warehouse.aquery_dicts(
-            "SELECT case_id, vehicle_id, window_start, window_end, category, triggers, tier_status, status "
-            "FROM cases FINAL ORDER BY window_start")
-        logs = await self.warehouse.aquery_dicts(
-            "SELECT tier, count() AS n, sum(size_bytes) AS written, sum(declared_bytes) AS counted "
-            "FROM case_logs FINAL WHERE status = 'complete' GROUP BY tier ORDER BY tier")
-        online_s = sum(u.online_s for u in await self.state.all_usage())
-        lines = [table(["case", "vehicle", "window (UTC)", "s", "category", "triggers", "tiers", "status"], [
-            [c["case_id"], c["vehicle_id"], c["window_start"].strftime("%H:%M:%S"),
-             f"{(c['window_end'] - c['window_start']).total_seconds():.0f}",
-             triggers_pb2.TriggerCategory.Name(c["category"]).removeprefix("TRIGGER_CATEGORY_").lower(),
-             ",".join(sorted(set(c["triggers"]))), " ".join(f"{t}:{s}" for t, s in sorted(c["tier_status"].items())),
-             cases_pb2.CaseStatus.Name(c["status"]).removeprefix("CASE_STATUS_").lower()]
-            for c in cases[:max_cases]])]
-        if len(cases) > max_cases:
-            lines.append(f"... and {len(cases) - max_cases} more (`fleetloop cases list`)")
-        uploaded = sum(r["counted"] for r in logs)
-        raw_equivalent = online_s / 60 * RAW_BYTES_PER_MINUTE
-        lines.append("uploads: " + ", ".join(
-            f"{r['tier']} {r['n']} ({r['written'] / 1e3:,.0f} kB written"
-            + (f", {r['counted'] / 1e9:,.1f} GB declared)" if r["tier"] == "raw" else ")") for r in logs))
-        if uploaded:
-            lines.append(f"uploaded {uploaded / 1e9:,.2f} GB (microlog/minilog real MCAP bytes, raw declared "
-                         f"at 4 GB/min) vs raw-equivalent {raw_equivalent / 1e9:,.0f} GB of "
-                         f"{online_s / 3600:,.2f} online vehicle-hours: {raw_equivalent / uploaded:,.0f}x less")
-        return "\n".join(lines)
-
     async def serve_grpc(self) -> None:
         api = CaseApi(self, self.warehouse, self.store, self.settings.data_dir / "exports")
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self._server, self.grpc_port = await start_server(
             [Servicer(case_service_pb2_grpc.add_CaseServiceServicer_to_server, api, "fleetloop.v1.CaseService")],
             address, watch=[self.consumer])
+
+    async def settled(self) -> bool:
+        """Nothing is pending beyond the consumers' lag (runtime.Service)."""
+        return True
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import pyarrow as pa
 from fleetloop import codec, topics
 from fleetloop.bus import Record, Refusal
-from fleetloop.report import road_type_name, table
+from fleetloop.report import road_type_name
 from fleetloop.v1 import cases_pb2, triggers_pb2
 from fleetloop.warehouse import Warehouse
 from google.protobuf.message import DecodeError
@@ -206,28 +206,4 @@ async def acompute_metrics(warehouse: Warehouse, start_ms: int = 0, end_ms: int 
     params = _parameters(start_ms, end_ms, weighted)
     return combine(await warehouse.aquery_dicts(km_sql, params), await warehouse.aquery_dicts(events_sql, params),
                    group_by)
-
-
-def format_metrics(rows: list[dict], group_by: str) -> str:
-    """A terminal table: km, then per metric the count, the rate per 10k km and km per event."""
-    headers = [group_by or "fleet", "km"]
-    for metric in METRICS:
-        headers += [metric.upper(), "/10k km", "km/event"]
-    body = []
-    for r in rows:
-        line: list[object] = [r["group"], f"{r['km']:,.1f}"]
-        for metric in METRICS:
-            m = r[metric]
-            line += [f"{m['events']:g}", f"{m['per_10k_km']:,.1f}",
-                     f"{m['km_per_event']:,.1f}" if m["events"] else "-"]
-        body.append(line)
-    return table(headers, body)
-
-
-def metrics_report(warehouse: Warehouse) -> str:
-    """What `make demo` prints: the metrics for the whole fleet, then by park and by road type."""
-    parts = []
-    for group_by in ("", "park", "road_type"):
-        parts.append(format_metrics(compute_metrics(warehouse, group_by=group_by), group_by))
-    return "\n\n".join(parts)
 

@@ -15,6 +15,10 @@ class MetricsApi(metrics_pb2_grpc.MetricsServiceServicer):
 
     @guarded()
     async def GetMetrics(self, request, context):  # noqa: N802 - gRPC method name
+        return await self.metrics(request)
+
+    async def metrics(self, request: metrics_pb2.GetMetricsRequest) -> metrics_pb2.GetMetricsResponse:
+        """The metrics rows of `request` (what GetMetrics answers; in-process callers use this)."""
         one_of("group_by", request.group_by, GROUPS)
         window(request.start_ms, request.end_ms)
         rows = await acompute_metrics(self.warehouse, request.start_ms, request.end_ms, request.group_by,

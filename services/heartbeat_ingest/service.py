@@ -23,7 +23,7 @@ from services.heartbeat_ingest.alert_store import AlertStore
 from services.heartbeat_ingest.alerts_api import AlertApi
 from services.heartbeat_ingest.api import FleetApi
 from services.heartbeat_ingest.live_state import LiveState
-from services.heartbeat_ingest.metrics import MetricsSink, metrics_report
+from services.heartbeat_ingest.metrics import MetricsSink
 from services.heartbeat_ingest.metrics_api import MetricsApi
 from services.heartbeat_ingest.monitoring import FleetMonitoring
 
@@ -71,6 +71,7 @@ class HeartbeatIngest:
         )
         # MPS/MPD/MPI: triggers and case verdicts, joined with this service's mileage.
         self.metrics = MetricsSink(warehouse)
+        self.metrics_api = MetricsApi(warehouse)  # MetricsService; `make demo` reads it in-process
         self.metrics_consumer = BatchConsumer(
             bootstrap=settings.kafka_bootstrap_servers, group_id=f"{GROUP_ID}-metrics",
             topic_names=[topics.TRIGGERS, topics.CASES], handler=self.metrics.handle, bus=bus, service=NAME,
@@ -154,9 +155,6 @@ class HeartbeatIngest:
             kept.append((record, env))
         return kept
 
-    def metrics_report(self) -> str:
-        return metrics_report(self.warehouse)
-
     async def settled(self) -> bool:
         """True when the monitors have taken every heartbeat and event the ingest consumer has."""
         seen = self.consumer.records_by_topic
@@ -186,7 +184,7 @@ class HeartbeatIngest:
             Servicer(fleet_service_pb2_grpc.add_FleetServiceServicer_to_server, api, "fleetloop.v1.FleetService"),
             Servicer(alerts_pb2_grpc.add_AlertServiceServicer_to_server, AlertApi(self.alerts, self.bus),
                      "fleetloop.v1.AlertService"),
-            Servicer(metrics_pb2_grpc.add_MetricsServiceServicer_to_server, MetricsApi(self.warehouse),
+            Servicer(metrics_pb2_grpc.add_MetricsServiceServicer_to_server, self.metrics_api,
                      "fleetloop.v1.MetricsService"),
         ], address, watch=self.consumers)
 

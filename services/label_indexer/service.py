@@ -181,6 +181,10 @@ class LabelIndexer:
         self.unsealed_hours.discard(hour_ms)
         return table.num_rows
 
+    async def settled(self) -> bool:
+        """Nothing is pending beyond the consumers' lag (runtime.Service)."""
+        return True
+
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)
         await self.consumer.run(stop)

@@ -39,6 +39,10 @@ class MinerService:
     def migrate(self) -> None:
         """The miner owns no table: it reads label-indexer's (and tolerates their absence)."""
 
+    async def settled(self) -> bool:
+        """Nothing is pending beyond the consumers' lag (runtime.Service)."""
+        return True
+
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         if not serve_grpc:
             await stop.wait()

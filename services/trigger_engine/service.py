@@ -111,6 +111,10 @@ class TriggerEngine(ConsumerRebalanceListener):
         """Create STATE_TOPIC co-partitioned with the inputs; returns the partition count."""
         return await self.checkpoints.ensure()
 
+    async def settled(self) -> bool:
+        """Nothing is pending beyond the consumers' lag (runtime.Service)."""
+        return True
+
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
         """Consume until `stop` is set. `serve_grpc` is accepted for the host; the engine serves none."""
         await self.ensure_state_topic()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import typer
 
 from fleetloop.commands.rpc import call, endpoint
-from fleetloop.report import table
+from fleetloop.report import metrics_table
 
 app = typer.Typer(help="MPS, MPD and MPI per 10,000 km and km per event (MetricsService)",
                   invoke_without_command=True)
-
-METRICS = ("mps", "mpd_all", "mpd_resp", "mpi")
 
 
 @app.callback()
@@ -25,14 +23,4 @@ def metrics(group_by: str = typer.Option("", "--group-by", help="day, week, vehi
     response = call(endpoint("FLEET_GRPC"), metrics_pb2_grpc.MetricsServiceStub, "GetMetrics",
                     metrics_pb2.GetMetricsRequest(start_ms=start_ms, end_ms=end_ms, group_by=group_by,
                                                   weighted=weighted))
-    headers = [group_by or "fleet", "km"]
-    for m in METRICS:
-        headers += [m.upper(), "/10k km", "km/event"]
-    rows = []
-    for r in response.rows:
-        line: list[object] = [r.group, f"{r.km:,.1f}"]
-        for m in METRICS:
-            v = getattr(r, m)
-            line += [f"{v.events:g}", f"{v.per_10k_km:,.1f}", f"{v.km_per_event:,.1f}" if v.events else "-"]
-        rows.append(line)
-    typer.echo(table(headers, rows))
+    typer.echo(metrics_table(response, group_by))

@@ -5,7 +5,7 @@ Labelling one second at a time (`label_second`, the reference in tests/oracles/l
 50-vehicle fleet replayed at demo speed needs thousands of seconds per second. This module computes
 the same labels for a whole batch at once: pose samples and perceived objects of all seconds are
 concatenated with a segment index, and every per-second statistic is a segmented reduction. The
-result is identical to `label_second` row by row (tests/test_label_indexer_batch.py checks every tag
+result is identical to `label_second` row by row (tests/unit/labels/test_batch.py checks every tag
 bit and numeric value on simulator data and on the hand-built cases).
 
 Means over pose samples are taken on (seconds, samples) matrices, one per sample count, so the

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetloop.labels.taxonomy import WORD_BITS, NumericTag, Tag, Taxonomy
+from fleetloop.tables import LABEL_SECOND
 
-LABEL_TABLE = "dwd_label_second"
+LABEL_TABLE = LABEL_SECOND.name
 _WORD_MASK = (1 << WORD_BITS) - 1
 
 

@@ -1,0 +1,65 @@
+"""`label_seconds` (vectorised) equals `label_second` row by row, bit for bit."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from fleetloop import topics
+from fleetloop.labels import load_taxonomy
+from fleetloop.labels.batch import SecondParts, label_seconds
+from fleetloop.sim import FleetSimulator, SimConfig
+from fleetloop.v1 import common_pb2 as pb
+
+from tests.oracles.labelers import label_second
+from tests.unit.labels.test_row import T0, heartbeat, obj, perception, pose
+
+TX = load_taxonomy()
+KIND = {topics.HEARTBEAT: "heartbeat", topics.POSE: "pose", topics.PERCEPTION: "perception"}
+
+
+def assert_same(seconds: list[SecondParts]) -> None:
+    batch = label_seconds(seconds, TX)
+    assert len(batch) == len(seconds)
+    for parts, row in zip(seconds, batch.rows(TX), strict=True):
+        want = label_second(parts.vehicle_id, parts.second_ms, parts.heartbeat, parts.pose, parts.perception, TX)
+        assert row == want, parts
+    table = batch.to_arrow(TX)
+    assert table.num_rows == len(seconds) and table.column("t1").to_pylist() == batch.t[:, 1].tolist()
+
+
+def test_simulated_fleet_with_missing_parts():
+    sim = FleetSimulator(SimConfig(vehicles=20, duration_s=240, seed=5, incidents_per_vehicle_hour=30))
+    parts: dict[tuple[str, int], dict] = {}
+    for second in sim.seconds():
+        for topic, env in second.messages:
+            if topic in KIND:
+                parts.setdefault((env.vehicle_id, env.event_time_ms), {})[KIND[topic]] = getattr(env, KIND[topic])
+    rng = random.Random(2)
+    seconds = [SecondParts(v, t, *(p.get(k) if rng.random() > 0.15 else None
+                                   for k in ("heartbeat", "pose", "perception")))
+               for (v, t), p in parts.items()]
+    assert_same(seconds)
+
+
+def test_hand_built_edge_cases():
+    cases = [
+        (heartbeat(), pose(), perception()),
+        (None, None, None),
+        (heartbeat(speed_mps=0.0), None, perception(maneuver="turn_left")),
+        (None, pose(speed=0.0), perception(maneuver="u_turn", junction_type=pb.JUNCTION_TYPE_SIGNALIZED)),
+        (heartbeat(mode=pb.DRIVING_MODE_MANUAL), pose(yaw=-0.3, accel=-5.0, gear=-1), None),
+        (None, pose(modes=np.array([1, 1, 1, 2, 2], np.uint8), n=5), perception(lane_count=0, speed_limit_mps=0)),
+        (heartbeat(), pose(speed=12.0), perception(
+            [obj(pb.OBJECT_CLASS_CAR, 10.0, 0.5, vx=-2.0), obj(pb.OBJECT_CLASS_CAR, 10.0, -0.5, vx=-9.0),
+             obj(pb.OBJECT_CLASS_PEDESTRIAN, 8.0, 1.0, vy=-1.5, occluded=True, conf=0.3),
+             obj(pb.OBJECT_CLASS_TRUCK, 20.0, 3.0, vy=-1.0), obj(pb.OBJECT_CLASS_UNKNOWN, 40.0, 8.0, vx=-30.0)],
+            planner_top_costs=[1.0, 1.01, 3.0], junction_type=pb.JUNCTION_TYPE_ROUNDABOUT)),
+        (heartbeat(road_type=pb.ROAD_TYPE_UNSPECIFIED), None,
+         perception([obj(pb.OBJECT_CLASS_PEDESTRIAN, 3.0, float(i)) for i in range(6)], road_type=pb.ROAD_TYPE_PARK,
+                    planner_top_costs=[0.0, 0.0])),
+        # Exactly the crowd's minimum of pedestrians: the threshold's boundary, where >= and > differ.
+        (None, None, perception([obj(pb.OBJECT_CLASS_PEDESTRIAN, 3.0, float(i))
+                                 for i in range(int(TX.thresholds["crowd_min_pedestrians"]))])),
+    ]
+    assert_same([SecondParts("veh-x", T0 + 1000 * i + 17, *c) for i, c in enumerate(cases)])
