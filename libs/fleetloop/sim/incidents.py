@@ -3,28 +3,24 @@
 A `Behaviour` waits until its time has come, the vehicle's previous incident ended >= 60 s ago and
 the vehicle can show the incident (a hard brake needs speed on a straight road), then drives the
 vehicle through the documented signal shape and writes its ground-truth row. Behaviours act on the
-simulator through a narrow surface: the control arrays (speed override, holds, weaving, mode), the
-per-second perception hooks and `emit_event`.
+simulator only through `fleetloop.sim.control.VehicleControls` (read motion and task; override the
+acceleration, hold, mode, connectivity, weaving; emit events; add to this second's perception;
+record ground truth). `IncidentBoard` holds the schedule and which vehicle each incident claims.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fleetloop.sim.config import INCIDENT_KINDS, PARK_KINDS, ScheduledIncident, SimConfig
+from fleetloop.sim.control import VehicleControls
 from fleetloop.sim.ground_truth import Incident
+from fleetloop.sim.state import AUTO, MANUAL, REMOTE, RUNNING
 from fleetloop.sim.world import J_YIELD, Hold
 from fleetloop.v1 import common_pb2
 
-if TYPE_CHECKING:
-    from fleetloop.sim.fleet import FleetSimulator
-
-AUTO, REMOTE, MANUAL = (common_pb2.DRIVING_MODE_AUTONOMOUS, common_pb2.DRIVING_MODE_REMOTE,
-                        common_pb2.DRIVING_MODE_MANUAL)
-RUNNING = common_pb2.TASK_STATE_RUNNING
 EV = common_pb2.VehicleEvent
 OBJ = common_pb2.PerceivedObject
 _PATH_CLASSES = (common_pb2.OBJECT_CLASS_CAR, common_pb2.OBJECT_CLASS_TRUCK, common_pb2.OBJECT_CLASS_TRICYCLE)
@@ -42,10 +38,10 @@ class Behaviour:
     kind = ""
     expected: tuple[str, ...] = ()
 
-    def __init__(self, sim: FleetSimulator, incident_id: str, vehicle: int, at_ms: int, duration_s: float | None,
-                 params: dict | None, rng: np.random.Generator) -> None:
-        self.sim, self.id, self.i, self.at_ms = sim, incident_id, vehicle, at_ms
-        self.q = sim.p["incidents"]
+    def __init__(self, ctl: VehicleControls, board: IncidentBoard, incident_id: str, vehicle: int, at_ms: int,
+                 duration_s: float | None, params: dict | None, rng: np.random.Generator) -> None:
+        self.ctl, self.board, self.id, self.i, self.at_ms = ctl, board, incident_id, vehicle, at_ms
+        self.q = ctl.params["incidents"]
         self.rng = rng
         self.params = params or {}
         self.duration_s = duration_s
@@ -74,48 +70,48 @@ class Behaviour:
 
     # -- shared
     def try_start(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
-        claimed = sim.active[i]
-        if (claimed is not None and claimed is not self) or t_ms < sim.free_at_ms[i]:
+        ctl, i = self.ctl, self.i
+        claimed = self.board.active[i]
+        if (claimed is not None and claimed is not self) or t_ms < self.board.free_at_ms[i]:
             return
-        if t_ms + 1000 * self.max_s() > sim.end_ms or not self.ready(t_ms):
+        if t_ms + 1000 * self.max_s() > ctl.end_ms or not self.ready(t_ms):
             return
         self.state = "active"
-        sim.active[i] = self
+        self.board.active[i] = self
         self.start(t_ms)
 
     def end(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         self.state = "done"
         self.end_ms = t_ms
-        sim.active[i] = None
-        sim.ovr[i] = False
-        sim.free_at_ms[i] = t_ms + int(1000 * self.q["min_gap_s"])
+        self.board.active[i] = None
+        ctl.release_override(i)
+        self.board.free_at_ms[i] = t_ms + int(1000 * self.q["min_gap_s"])
         self.record()
         if self.on_done:
             self.on_done(self)
 
     def record(self) -> None:
-        veh = self.sim.vehicles[self.i]
-        self.sim.add_incident(Incident(
+        veh = self.ctl.vehicle(self.i)
+        self.ctl.record_incident(Incident(
             incident_id=self.id, kind=self.kind, vehicle_id=veh.vehicle_id, start_ms=int(self.start_ms),
-            end_ms=int(self.end_ms), expected_triggers=self.expected, park=veh.park.name, city=veh.city.name,
+            end_ms=int(self.end_ms), expected_triggers=self.expected, park=veh.park, city=veh.city,
             detail=self.detail))
 
     def finish(self) -> None:
         """At the end of the run: an incident still active is recorded up to the end, marked truncated."""
         if self.state == "active" and self.start_ms is not None:
             self.detail["truncated"] = True
-            self.end_ms = self.sim.end_ms
+            self.end_ms = self.ctl.end_ms
             self.state = "done"
             self.record()
 
     # -- readiness helpers
     def cruising(self, min_speed: float, straight_m: float) -> bool:
         """Autonomous, task running, at speed on a straight with `straight_m` of clear road ahead."""
-        sim, i = self.sim, self.i
-        return (sim.v[i] >= min_speed and sim.task_state[i] == RUNNING and sim.mode[i] == AUTO
-                and not sim.lc_on[i] and not sim.w_on[i] and sim.straight_ahead_m(i) >= straight_m)
+        ctl, i = self.ctl, self.i
+        return (ctl.speed_mps(i) >= min_speed and ctl.task_state(i) == RUNNING and ctl.mode(i) == AUTO
+                and not ctl.changing_lane(i) and not ctl.weaving(i) and ctl.straight_ahead_m(i) >= straight_m)
 
     def uniform(self, bounds: list[float]) -> float:
         return float(self.rng.uniform(bounds[0], bounds[1]))
@@ -125,19 +121,18 @@ class Behaviour:
         size = {common_pb2.OBJECT_CLASS_PEDESTRIAN: (0.5, 0.5), common_pb2.OBJECT_CLASS_CYCLIST: (1.8, 0.6),
                 common_pb2.OBJECT_CLASS_TRICYCLE: (2.8, 1.2), common_pb2.OBJECT_CLASS_TRUCK: (9.0, 2.5),
                 common_pb2.OBJECT_CLASS_UNKNOWN: (1.2, 0.9)}.get(cls, (4.6, 1.9))
-        return OBJ(track_id=track or self.sim.new_track_id(), object_class=cls, rel_x_m=x, rel_y_m=y,
+        return OBJ(track_id=track or self.ctl.new_track_id(), object_class=cls, rel_x_m=x, rel_y_m=y,
                    rel_vx_mps=vx, rel_vy_mps=vy, length_m=size[0], width_m=size[1], confidence=conf,
                    emerged_from_occlusion=emerged)
 
     def show(self, *objects: OBJ, no_lead: bool = True) -> None:
-        sim = self.sim
-        sim.perc_objects.setdefault(self.i, []).extend(objects)
+        self.ctl.show_objects(self.i, objects)
         if no_lead:
-            sim.perc_no_lead.add(self.i)
+            self.ctl.hide_lead(self.i)
 
     def override(self, accel: float, jerk: float) -> None:
-        sim, i = self.sim, self.i
-        sim.ovr[i], sim.ovr_a[i], sim.ovr_j[i] = True, accel, jerk
+        ctl, i = self.ctl, self.i
+        ctl.override(i, accel, jerk)
 
 
 class HardBrake(Behaviour):
@@ -159,13 +154,13 @@ class HardBrake(Behaviour):
         self.phase = "arm"
         self.brake_ms = t_ms + 1000
         self.peak = self.uniform(self.q["brake_peak_mps2"])
-        self.track = self.sim.new_track_id()
+        self.track = self.ctl.new_track_id()
         self.cls = _PATH_CLASSES[int(self.rng.integers(len(_PATH_CLASSES)))]
         self.lat = self.uniform([-0.6, 0.6])
         self.detail = {"peak_decel_mps2": round(self.peak, 3)}
 
     def on_second(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         k = (t_ms - self.brake_ms) // 1000
         if not self.phantom and k <= 2:
             # the lead: closing gently, then braking hard in front of us (TTC 3 s), then stopped ahead
@@ -173,27 +168,27 @@ class HardBrake(Behaviour):
             vx = (-1.5, -14.0 / 3.0, 0.5, 1.0)[k + 1]
             self.show(self.obj(self.cls, x, self.lat, vx, track=self.track))
         elif self.phantom:
-            sim.perc_no_lead.add(i)
+            ctl.hide_lead(i)
         if self.phase == "arm" and t_ms >= self.brake_ms:
             self.phase = "brake"
             self.start_ms = t_ms
-            self.v0 = float(sim.v[i])
+            self.v0 = ctl.speed_mps(i)
             self.detail["speed_before_mps"] = round(self.v0, 2)
             self.override(-self.peak, self.q["brake_jerk_mps3"])
         elif self.phase == "after" and t_ms >= self.release_ms + 2000 and k >= 3:
             self.end(t_ms)
 
     def on_substep(self, i: int, t_ms: int) -> None:
-        sim = self.sim
+        ctl = self.ctl
         held = (t_ms - self.start_ms) / 1000.0 >= self.q["brake_hold_s"]
-        slow = sim.v[i] <= self.v0 - self.q["brake_speed_drop_mps"]
-        if self.phase == "brake" and (sim.v[i] == 0.0 or (held and slow)):
+        slow = ctl.speed_mps(i) <= self.v0 - self.q["brake_speed_drop_mps"]
+        if self.phase == "brake" and (ctl.speed_mps(i) == 0.0 or (held and slow)):
             self.phase = "release"
             self.override(0.0, self.q["brake_jerk_mps3"])
-        elif self.phase == "release" and (sim.a[i] >= -0.05 or sim.v[i] == 0.0):
+        elif self.phase == "release" and (ctl.accel_mps2(i) >= -0.05 or ctl.speed_mps(i) == 0.0):
             self.phase = "after"
             self.release_ms = t_ms
-            sim.ovr[i] = False
+            ctl.release_override(i)
 
 
 class PhantomStop(HardBrake):
@@ -215,19 +210,19 @@ class NearMiss(Behaviour):
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
-        sim, i = self.sim, self.i
-        self.s0, self.v0 = float(sim.s[i]), float(sim.v[i])
+        ctl, i = self.ctl, self.i
+        self.s0, self.v0 = ctl.route_pos_m(i), ctl.speed_mps(i)
         self.x0 = 1.3 * self.v0
         self.cls = _CROSSING_CLASSES[int(self.rng.integers(len(_CROSSING_CLASSES)))]
-        self.track = sim.new_track_id()
+        self.track = ctl.new_track_id()
         self.detail = {"ttc_s": 1.3, "object_class": int(self.cls)}
         self.override(-self.q["near_miss_decel_mps2"], 10.0)
 
     def on_second(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         k = (t_ms - self.start_ms) // 1000
-        x = max(2.0, self.x0 - (float(sim.s[i]) - self.s0))
-        v = float(sim.v[i])
+        x = max(2.0, self.x0 - (ctl.route_pos_m(i) - self.s0))
+        v = ctl.speed_mps(i)
         if k == 0:
             self.show(self.obj(self.cls, self.x0, 1.2, -v, -1.5, track=self.track))
         elif k == 1:
@@ -238,11 +233,11 @@ class NearMiss(Behaviour):
             self.end(t_ms)
 
     def on_substep(self, i: int, t_ms: int) -> None:
-        sim = self.sim
-        if t_ms - self.start_ms >= 1500 and sim.ovr_a[i] < 0:
+        ctl = self.ctl
+        if t_ms - self.start_ms >= 1500 and ctl.override_accel_mps2(i) < 0:
             self.override(0.0, 10.0)
-        elif sim.ovr_a[i] == 0.0 and (sim.a[i] >= -0.05 or sim.v[i] == 0.0):
-            sim.ovr[i] = False
+        elif ctl.override_accel_mps2(i) == 0.0 and (ctl.accel_mps2(i) >= -0.05 or ctl.speed_mps(i) == 0.0):
+            ctl.release_override(i)
 
 
 class Contact(Behaviour):
@@ -255,25 +250,25 @@ class Contact(Behaviour):
         return 45.0
 
     def ready(self, t_ms: int) -> bool:
-        sim, i = self.sim, self.i
-        return sim.vehicles[i].kind == "van" and sim.v[i] <= 8.0 and self.cruising(2.0, 40.0)
+        ctl, i = self.ctl, self.i
+        return ctl.vehicle(i).kind == "van" and ctl.speed_mps(i) <= 8.0 and self.cruising(2.0, 40.0)
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         impact = self.uniform(self.q["contact_impact_mps"])
         self.detail = {"impact_mps": round(impact, 3)}
-        sim.emit_event(i, t_ms + 50, EV(kind=common_pb2.EVENT_KIND_CONTACT, value=impact, source="system",
+        ctl.emit_event(i, t_ms + 50, EV(kind=common_pb2.EVENT_KIND_CONTACT, value=impact, source="system",
                                        text="front bumper contact sensor"))
         decel = self.q["contact_decel_mps2"]
-        v = float(sim.v[i])
+        v = ctl.speed_mps(i)
         self.override(-decel, 10.0)
-        stop_at = float(sim.s[i]) + v * v / (2 * decel) + 0.15 * v + 0.3  # + the 0.3 s jerk ramp
-        sim.add_hold(i, Hold(stop_at, self.uniform(self.q["contact_hold_s"]), on_release=self._released))
+        stop_at = ctl.route_pos_m(i) + v * v / (2 * decel) + 0.15 * v + 0.3  # + the 0.3 s jerk ramp
+        ctl.add_hold(i, Hold(stop_at, self.uniform(self.q["contact_hold_s"]), on_release=self._released))
 
     def on_substep(self, i: int, t_ms: int) -> None:
-        if self.sim.v[i] == 0.0:
-            self.sim.ovr[i] = False
+        if self.ctl.speed_mps(i) == 0.0:
+            self.ctl.release_override(i)
 
     def _released(self, i: int, t_ms: int) -> None:
         self.end(t_ms)
@@ -288,26 +283,25 @@ class Weaving(Behaviour):
         return 15.0
 
     def ready(self, t_ms: int) -> bool:
-        sim, i = self.sim, self.i
-        return self.cruising(5.0, float(sim.plimit[i]) * 10.0 + 20.0)
+        ctl, i = self.ctl, self.i
+        return self.cruising(5.0, ctl.speed_limit_mps(i) * 10.0 + 20.0)
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         period = self.uniform(self.q["weaving_period_s"])
         total = self.duration_s or self.uniform(self.q["weaving_total_s"])
         periods = max(2, math.floor(total / period))
         if periods * period < self.q["weaving_total_s"][0]:
             periods += 1
         amp = self.uniform(self.q["weaving_amp_rps"])
-        sim.w_on[i], sim.w_t0[i], sim.w_amp[i] = True, t_ms / 1000.0, amp
-        sim.w_period[i], sim.w_lobes[i] = period, 2 * periods
+        ctl.start_weave(i, t_ms / 1000.0, amp, period, 2 * periods)
         self.until_ms = t_ms + 1000 * math.ceil(periods * period)
         self.detail = {"amplitude_rps": round(amp, 3), "period_s": round(period, 3), "periods": periods}
 
     def on_second(self, t_ms: int) -> None:
         if t_ms >= self.until_ms:
-            self.sim.end_weave(self.i)
+            self.ctl.end_weave(self.i)
             self.end(t_ms)
 
 
@@ -324,15 +318,15 @@ class StopNotGo(Behaviour):
         return self.q["stop_not_go_s"][1] + 90.0 if self.duration_s is None else self.duration_s + 90.0
 
     def ready(self, t_ms: int) -> bool:
-        v = float(self.sim.v[self.i])
+        v = self.ctl.speed_mps(self.i)
         return self.cruising(3.0, v * v / 2.8 + 40.0)
 
     def start(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
-        v = float(sim.v[i])
+        ctl, i = self.ctl, self.i
+        v = ctl.speed_mps(i)
         self.dwell = self.hold_s()
         self.detail["stall_s"] = round(self.dwell, 1)
-        sim.add_hold(i, Hold(float(sim.s[i]) + v * v / 2.8 + 10.0, self.dwell, on_arrive=self._arrived,
+        ctl.add_hold(i, Hold(ctl.route_pos_m(i) + v * v / 2.8 + 10.0, self.dwell, on_arrive=self._arrived,
                              on_release=self._released))
 
     def _arrived(self, i: int, t_ms: int) -> None:
@@ -351,25 +345,25 @@ class Takeover(Behaviour):
         return (self.duration_s or self.q["takeover_s"][1]) + 5.0
 
     def ready(self, t_ms: int) -> bool:
-        sim, i = self.sim, self.i
-        return sim.v[i] >= 2.0 and sim.task_state[i] == RUNNING and sim.mode[i] == AUTO
+        ctl, i = self.ctl, self.i
+        return ctl.speed_mps(i) >= 2.0 and ctl.task_state(i) == RUNNING and ctl.mode(i) == AUTO
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         dur = self.duration_s or self.uniform(self.q["takeover_s"])
         self.until_ms = t_ms + 1000 * int(round(dur))
         torque = self.uniform([2.5, 6.0])
-        sim.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_TAKEOVER, from_mode=AUTO, to_mode=MANUAL,
+        ctl.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_TAKEOVER, from_mode=AUTO, to_mode=MANUAL,
                                    value=torque, source="safety_driver"))
-        sim.set_mode(i, MANUAL)
+        ctl.set_mode(i, MANUAL)
         self.detail = {"manual_s": round(dur), "torque_nm": round(torque, 2)}
 
     def on_second(self, t_ms: int) -> None:
         if t_ms >= self.until_ms:
-            self.sim.emit_event(self.i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=MANUAL,
+            self.ctl.emit_event(self.i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=MANUAL,
                                                  to_mode=AUTO, source="safety_driver"))
-            self.sim.set_mode(self.i, AUTO)
+            self.ctl.set_mode(self.i, AUTO)
             self.end(t_ms)
 
 
@@ -383,15 +377,15 @@ class CallForHelp(Behaviour):
         return (self.duration_s or self.q["call_for_help_remote_s"][1]) + 90.0
 
     def ready(self, t_ms: int) -> bool:
-        v = float(self.sim.v[self.i])
+        v = self.ctl.speed_mps(self.i)
         return self.cruising(3.0, v * v / 2.8 + 40.0)
 
     def start(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
-        v = float(sim.v[i])
+        ctl, i = self.ctl, self.i
+        v = ctl.speed_mps(i)
         self.phase = "stopping"
-        self.hold = Hold(float(sim.s[i]) + v * v / 2.8 + 10.0, math.inf, on_arrive=self._arrived)
-        sim.add_hold(i, self.hold)
+        self.hold = Hold(ctl.route_pos_m(i) + v * v / 2.8 + 10.0, math.inf, on_arrive=self._arrived)
+        ctl.add_hold(i, self.hold)
         self.remote_s = self.duration_s or self.uniform(self.q["call_for_help_remote_s"])
         self.detail = {"remote_s": round(self.remote_s)}
 
@@ -403,23 +397,23 @@ class CallForHelp(Behaviour):
         self.back_ms = self.remote_ms + 1000 * int(round(self.remote_s))
 
     def on_second(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         if self.phase == "stopped" and t_ms >= self.call_ms:
-            sim.emit_event(i, t_ms + int(self.rng.integers(1000)), EV(
+            ctl.emit_event(i, t_ms + int(self.rng.integers(1000)), EV(
                 kind=common_pb2.EVENT_KIND_CALL_FOR_HELP, source="system", text="blocked by a double-parked truck"))
             self.phase = "called"
         elif self.phase == "called" and t_ms >= self.remote_ms:
-            sim.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=AUTO, to_mode=REMOTE,
+            ctl.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=AUTO, to_mode=REMOTE,
                                        source="remote_operator"))
-            sim.set_mode(i, REMOTE)
-            sim.v_cap[i] = self.q["remote_speed_mps"]
-            sim.release_hold(i, self.hold, t_ms)
+            ctl.set_mode(i, REMOTE)
+            ctl.cap_speed(i, self.q["remote_speed_mps"])
+            ctl.release_hold(i, self.hold, t_ms)
             self.phase = "remote"
         elif self.phase == "remote" and t_ms >= self.back_ms:
-            sim.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=REMOTE, to_mode=AUTO,
+            ctl.emit_event(i, t_ms, EV(kind=common_pb2.EVENT_KIND_MODE_CHANGE, from_mode=REMOTE, to_mode=AUTO,
                                        source="remote_operator"))
-            sim.set_mode(i, AUTO)
-            sim.v_cap[i] = math.inf
+            ctl.set_mode(i, AUTO)
+            ctl.cap_speed(i)
             self.end(t_ms)
 
 
@@ -433,7 +427,7 @@ class ErrorCode(Behaviour):
         return 25.0
 
     def ready(self, t_ms: int) -> bool:
-        return bool(self.sim.online[self.i])
+        return self.ctl.online(self.i)
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
@@ -451,7 +445,7 @@ class ErrorCode(Behaviour):
 
     def on_second(self, t_ms: int) -> None:
         for t_ev in [t for t in self.times if t_ms <= t < t_ms + 1000]:
-            self.sim.emit_event(self.i, t_ev, EV(kind=common_pb2.EVENT_KIND_ERROR_CODE, module=self.module,
+            self.ctl.emit_event(self.i, t_ev, EV(kind=common_pb2.EVENT_KIND_ERROR_CODE, module=self.module,
                                                  code=self.code, source="system"))
         if t_ms > self.times[-1]:
             self.end(self.times[-1])
@@ -470,13 +464,13 @@ class OperatorSpeech(Behaviour):
         return 5.0
 
     def ready(self, t_ms: int) -> bool:
-        return self.sim.task_state[self.i] == RUNNING
+        return self.ctl.task_state(self.i) == RUNNING
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
         texts = self.q["safety_speech"]
         text = texts[int(self.rng.integers(len(texts)))]
-        self.sim.emit_event(self.i, t_ms + int(self.rng.integers(1000)), EV(
+        self.ctl.emit_event(self.i, t_ms + int(self.rng.integers(1000)), EV(
             kind=common_pb2.EVENT_KIND_OPERATOR_SPEECH, text=text, source="safety_driver"))
         self.detail = {"text": text}
 
@@ -494,7 +488,7 @@ class PlannerUncertainty(Behaviour):
         return 10.0
 
     def ready(self, t_ms: int) -> bool:
-        return self.sim.v[self.i] >= 2.0 and self.sim.task_state[self.i] == RUNNING
+        return self.ctl.speed_mps(self.i) >= 2.0 and self.ctl.task_state(self.i) == RUNNING
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
@@ -508,8 +502,8 @@ class PlannerUncertainty(Behaviour):
             self.end(t_ms)
             return
         c1 = self.uniform([1.0, 5.0])
-        tie = self.uniform(self.sim.p["planner"]["tie_gap"])
-        self.sim.perc_costs[self.i] = (c1, c1 * (1 + tie), c1 * (1 + tie) * self.uniform([1.1, 1.5]))
+        tie = self.uniform(self.ctl.params["planner"]["tie_gap"])
+        self.ctl.set_planner_costs(self.i, (c1, c1 * (1 + tie), c1 * (1 + tie) * self.uniform([1.1, 1.5])))
 
 
 class SceneComplexity(Behaviour):
@@ -523,34 +517,34 @@ class SceneComplexity(Behaviour):
         return 20.0
 
     def ready(self, t_ms: int) -> bool:
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         if not self.params.get("variant"):
             self.params["variant"] = self.VARIANTS[int(self.rng.integers(len(self.VARIANTS)))]
         if self.params["variant"] == "unprotected_left":
-            if t_ms - self.at_ms > 180_000 or sim.vehicles[i].kind == "truck":
+            if t_ms - self.at_ms > 180_000 or ctl.vehicle(i).kind == "truck":
                 self.params["variant"] = "occluded_pedestrian"
             else:
-                p = sim.piece(i)
-                return (p.angle > 0.5 and p.junction == J_YIELD and sim.s[i] - p.s0 < 0.4 * p.length
-                        and sim.task_state[i] == RUNNING and sim.mode[i] == AUTO)
+                p = ctl.piece(i)
+                return (p.angle > 0.5 and p.junction == J_YIELD and ctl.route_pos_m(i) - p.s0 < 0.4 * p.length
+                        and ctl.task_state(i) == RUNNING and ctl.mode(i) == AUTO)
         return self.cruising(3.0, 20.0)
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
         self.variant = self.params["variant"]
-        self.piece_s0 = float(self.sim.ps0[self.i])
-        self.track = self.sim.new_track_id()
+        self.piece_s0 = self.ctl.piece(self.i).s0
+        self.track = self.ctl.new_track_id()
         self.detail = {"variant": self.variant}
 
     def on_second(self, t_ms: int) -> None:
-        sim, i = self.sim, self.i
+        ctl, i = self.ctl, self.i
         k = (t_ms - self.start_ms) // 1000
-        v = float(sim.v[i])
+        v = ctl.speed_mps(i)
         if self.variant == "unprotected_left":
-            if float(sim.ps0[i]) != self.piece_s0 or k >= 4:
+            if ctl.piece(i).s0 != self.piece_s0 or k >= 4:
                 self.end(t_ms)
                 return
-            sim.perc_unprotected.add(i)
+            ctl.mark_unprotected_turn(i)
             self.show(self.obj(common_pb2.OBJECT_CLASS_CAR, 30.0 - 9.0 * k, 3.5, -(v + 8.0), track=self.track))
         elif self.variant == "occluded_pedestrian":
             if k >= 1:
@@ -577,18 +571,18 @@ class Offline(Behaviour):
 
     def ready(self, t_ms: int) -> bool:
         # a driving vehicle: a parked one going silent is powered down on purpose (monitors.yaml)
-        return self.sim.v[self.i] >= 1.0 and self.sim.task_state[self.i] == RUNNING
+        return self.ctl.speed_mps(self.i) >= 1.0 and self.ctl.task_state(self.i) == RUNNING
 
     def start(self, t_ms: int) -> None:
         super().start(t_ms)
         dur = self.duration_s or self.uniform(self.q["offline_s"])
         self.until_ms = t_ms + 1000 * int(round(dur))
-        self.sim.online[self.i] = False
+        self.ctl.set_online(self.i, False)
         self.detail = {"silent_s": int(round(dur))}
 
     def on_second(self, t_ms: int) -> None:
         if t_ms >= self.until_ms:
-            self.sim.online[self.i] = True
+            self.ctl.set_online(self.i, True)
             self.end(t_ms)
 
 
@@ -597,22 +591,26 @@ class _ParkIncident(Behaviour):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        veh = self.sim.vehicles[self.i]
-        self.park = veh.park
+        veh = self.ctl.vehicle(self.i)
+        self.park, self.city = veh.park, veh.city
         self.members: list[Behaviour] = []
         self.pending_members = 0
 
     def candidates(self, t_ms: int) -> list[int]:
-        sim = self.sim
-        return [v.index for v in sim.vehicles
-                if v.park is self.park and v.kind == "van" and sim.active[v.index] is None
-                and sim.free_at_ms[v.index] <= t_ms and sim.online[v.index] and self.member_ok(v.index)]
+        ctl, board = self.ctl, self.board
+        out = []
+        for i in range(ctl.vehicle_count):
+            veh = ctl.vehicle(i)
+            if (veh.park == self.park and veh.city == self.city and veh.kind == "van" and board.active[i] is None
+                    and board.free_at_ms[i] <= t_ms and ctl.online(i) and self.member_ok(i)):
+                out.append(i)
+        return out
 
     def member_ok(self, i: int) -> bool:
         return True
 
     def try_start(self, t_ms: int) -> None:
-        if t_ms + 1000 * self.max_s() > self.sim.end_ms:
+        if t_ms + 1000 * self.max_s() > self.ctl.end_ms:
             return
         cands = self.candidates(t_ms)
         lo, hi = self.count_range()
@@ -625,8 +623,8 @@ class _ParkIncident(Behaviour):
         for n, i in enumerate(chosen):
             member = self.make_member(n, i, t_ms)
             member.on_done = self._member_done
-            self.sim.active[i] = member
-            self.sim.behaviours.append(member)
+            self.board.active[i] = member
+            self.board.behaviours.append(member)
             self.members.append(member)
         self.pending_members = len(self.members)
 
@@ -637,10 +635,10 @@ class _ParkIncident(Behaviour):
             started = [m for m in self.members if m.start_ms is not None]
             self.start_ms = min(m.start_ms for m in started)
             self.end_ms = max(m.end_ms for m in started)
-            self.detail["members"] = [self.sim.vehicles[m.i].vehicle_id for m in self.members]
-            self.sim.add_incident(Incident(
+            self.detail["members"] = [self.ctl.vehicle(m.i).vehicle_id for m in self.members]
+            self.ctl.record_incident(Incident(
                 incident_id=self.id, kind=self.kind, vehicle_id="", start_ms=int(self.start_ms),
-                end_ms=int(self.end_ms), expected_triggers=(), park=self.park.name, city=self.park.city,
+                end_ms=int(self.end_ms), expected_triggers=(), park=self.park, city=self.city,
                 detail=self.detail))
 
     def finish(self) -> None:
@@ -659,13 +657,13 @@ class ParkBlockage(_ParkIncident):
         return (self.duration_s or self.q["park_blockage_s"][1]) + self.q["park_blockage_stagger_s"] + 180.0
 
     def member_ok(self, i: int) -> bool:
-        return self.sim.task_state[i] == RUNNING
+        return self.ctl.task_state(i) == RUNNING
 
     def make_member(self, n: int, i: int, t_ms: int) -> Behaviour:
         at = t_ms + (0 if n == 0 else int(1000 * self.uniform([0.0, self.q["park_blockage_stagger_s"]])))
         dur = self.duration_s or self.uniform(self.q["park_blockage_s"])
-        member = StopNotGo(self.sim, f"{self.id}-{self.sim.vehicles[i].vehicle_id}", i, at, dur, None,
-                           np.random.default_rng([self.sim.cfg.seed, 3, len(self.sim.behaviours)]))
+        member = StopNotGo(self.ctl, self.board, f"{self.id}-{self.ctl.vehicle(i).vehicle_id}", i, at, dur, None,
+                           np.random.default_rng([self.ctl.seed, 3, len(self.board.behaviours)]))
         member.detail = {"park_incident": self.id}
         return member
 
@@ -690,10 +688,10 @@ class ErrorBurst(_ParkIncident):
             self.single = int(self.rng.integers(self.count_range()[0]))
         count = 1 if n == self.single else int(self.rng.integers(3, 6))
         at = t_ms + (0 if n == 0 else int(1000 * self.uniform([0.0, self.q["error_burst_window_s"] - 20.0])))
-        member = ErrorCode(self.sim, f"{self.id}-{self.sim.vehicles[i].vehicle_id}", i, at, None,
+        member = ErrorCode(self.ctl, self.board, f"{self.id}-{self.ctl.vehicle(i).vehicle_id}", i, at, None,
                            {"code": self.code, "count": count, "park_incident": self.id},
-                           np.random.default_rng([self.sim.cfg.seed, 4, len(self.sim.behaviours)]))
-        self.detail["counts"][self.sim.vehicles[i].vehicle_id] = count
+                           np.random.default_rng([self.ctl.seed, 4, len(self.board.behaviours)]))
+        self.detail["counts"][self.ctl.vehicle(i).vehicle_id] = count
         return member
 
 
@@ -707,15 +705,16 @@ KINDS: dict[str, type[Behaviour]] = {
 assert set(KINDS) == set(INCIDENT_KINDS)
 
 
-def random_schedule(sim: FleetSimulator, cfg: SimConfig) -> list[ScheduledIncident]:
+def random_schedule(ctl: VehicleControls, cfg: SimConfig) -> list[ScheduledIncident]:
     """Poisson-like schedule: per vehicle, gaps of >= 60 s plus the longest duration of the previous
     kind plus an exponential with mean 1 / incidents_per_vehicle_hour; kinds drawn by weight."""
-    q = sim.p["incidents"]
+    q = ctl.params["incidents"]
     rng = np.random.default_rng([cfg.seed, 1])
     weights = q["weights"]
     mean_gap = 3600.0 / cfg.incidents_per_vehicle_hour if cfg.incidents_per_vehicle_hour > 0 else math.inf
     out = []
-    for i, veh in enumerate(sim.vehicles):
+    for i in range(ctl.vehicle_count):
+        veh = ctl.vehicle(i)
         t = q["first_at_s"] + rng.exponential(mean_gap)
         while t < cfg.duration_s:
             kinds = [k for k in INCIDENT_KINDS
@@ -730,15 +729,49 @@ def random_schedule(sim: FleetSimulator, cfg: SimConfig) -> list[ScheduledIncide
     return out
 
 
-def build_schedule(sim: FleetSimulator, cfg: SimConfig) -> list[Behaviour]:
+def build_schedule(ctl: VehicleControls, board: IncidentBoard, cfg: SimConfig) -> list[Behaviour]:
     """Behaviours for the explicit `cfg.incidents`, or for a random schedule, in start-time order."""
-    scheduled = cfg.incidents if cfg.incidents is not None else random_schedule(sim, cfg)
+    scheduled = cfg.incidents if cfg.incidents is not None else random_schedule(ctl, cfg)
     order = sorted(range(len(scheduled)), key=lambda k: (scheduled[k].at_s, k))
     out = []
     for n, k in enumerate(order):
         inc = scheduled[k]
         at_ms = cfg.start_ms + int(round(1000 * inc.at_s))
         rng = np.random.default_rng([cfg.seed, 2, k])
-        out.append(KINDS[inc.kind](sim, f"inc-{n:04d}-{inc.kind}", inc.vehicle_index, at_ms, inc.duration_s,
+        out.append(KINDS[inc.kind](ctl, board, f"inc-{n:04d}-{inc.kind}", inc.vehicle_index, at_ms, inc.duration_s,
                                    dict(inc.params or {}), rng))
     return out
+
+
+class IncidentBoard:
+    """Every incident of a run and which vehicle each one holds.
+
+    The simulator calls `run_second` at the start of every second, `on_substep` after every 10 Hz
+    step of a vehicle whose acceleration an incident overrides, and `finish` after the last second.
+    """
+
+    def __init__(self, ctl: VehicleControls, cfg: SimConfig) -> None:
+        self.active: list[Behaviour | None] = [None] * ctl.vehicle_count  # the incident holding each vehicle
+        self.free_at_ms = np.full(ctl.vehicle_count, cfg.start_ms, dtype=np.int64)  # earliest next incident
+        self.behaviours: list[Behaviour] = build_schedule(ctl, self, cfg)  # park members join as they start
+
+    def run_second(self, t_ms: int) -> None:
+        """Start the incidents that are due and ready, then let every active one shape this second."""
+        for b in self.behaviours:  # members a park incident adds while starting get their turn in this pass
+            if b.state == "pending" and b.at_ms <= t_ms:
+                b.try_start(t_ms)
+        for b in self.behaviours:
+            if b.state == "active":
+                b.on_second(t_ms)
+
+    def on_substep(self, i: int, t_ms: int) -> None:
+        """After a 10 Hz step of vehicle i, whose acceleration its incident overrides."""
+        self.active[i].on_substep(i, t_ms)
+
+    def is_free(self, i: int, t_ms: int) -> bool:
+        """No incident holds vehicle i, and its last one ended long enough ago."""
+        return self.active[i] is None and t_ms >= self.free_at_ms[i]
+
+    def finish(self) -> None:
+        for b in self.behaviours:
+            b.finish()
