@@ -37,6 +37,7 @@ class Behaviour:
 
     kind = ""
     expected: tuple[str, ...] = ()
+    longest_s = 30.0  # max_s() of kinds whose length does not depend on their draws
 
     def __init__(self, ctl: VehicleControls, board: IncidentBoard, incident_id: str, vehicle: int, at_ms: int,
                  duration_s: float | None, params: dict | None, rng: np.random.Generator) -> None:
@@ -54,7 +55,7 @@ class Behaviour:
     # -- to override
     def max_s(self) -> float:
         """Upper bound of the incident's length (s): it only starts when it can finish in the run."""
-        return 30.0
+        return self.longest_s
 
     def ready(self, t_ms: int) -> bool:
         return True
@@ -113,6 +114,11 @@ class Behaviour:
         return (ctl.speed_mps(i) >= min_speed and ctl.task_state(i) == RUNNING and ctl.mode(i) == AUTO
                 and not ctl.changing_lane(i) and not ctl.weaving(i) and ctl.straight_ahead_m(i) >= straight_m)
 
+    def comfortable_stop_m(self) -> float:
+        """Braking distance (m) of a comfortable 1.4 m/s^2 stop from the current speed."""
+        v = self.ctl.speed_mps(self.i)
+        return v * v / 2.8
+
     def uniform(self, bounds: list[float]) -> float:
         return float(self.rng.uniform(bounds[0], bounds[1]))
 
@@ -142,10 +148,8 @@ class HardBrake(Behaviour):
     the same profile while perception shows the path clear (no lead, all agents >= 2.6 m aside)."""
 
     kind, expected = "hard_brake", ("hard_brake",)
+    longest_s = 20.0
     phantom = False
-
-    def max_s(self) -> float:
-        return 20.0
 
     def ready(self, t_ms: int) -> bool:
         return self.cruising(7.0, 60.0)
@@ -201,9 +205,7 @@ class NearMiss(Behaviour):
     the ego brakes at 3.0 m/s^2 (<= 3.5, no hard brake) for 1.5 s."""
 
     kind, expected = "near_miss", ("near_miss",)
-
-    def max_s(self) -> float:
-        return 10.0
+    longest_s = 10.0
 
     def ready(self, t_ms: int) -> bool:
         return self.cruising(6.0, 70.0)
@@ -245,9 +247,7 @@ class Contact(Behaviour):
     and waits 8-25 s."""
 
     kind, expected = "contact", ("contact",)
-
-    def max_s(self) -> float:
-        return 45.0
+    longest_s = 45.0
 
     def ready(self, t_ms: int) -> bool:
         ctl, i = self.ctl, self.i
@@ -278,9 +278,7 @@ class Weaving(Behaviour):
     """Yaw-rate oscillation 0.18-0.28 rad/s, period 1.8-2.6 s, for 7-10 s at > 4 m/s ("drawing a dragon")."""
 
     kind, expected = "weaving", ("weaving",)
-
-    def max_s(self) -> float:
-        return 15.0
+    longest_s = 15.0
 
     def ready(self, t_ms: int) -> bool:
         ctl, i = self.ctl, self.i
@@ -318,16 +316,14 @@ class StopNotGo(Behaviour):
         return self.q["stop_not_go_s"][1] + 90.0 if self.duration_s is None else self.duration_s + 90.0
 
     def ready(self, t_ms: int) -> bool:
-        v = self.ctl.speed_mps(self.i)
-        return self.cruising(3.0, v * v / 2.8 + 40.0)
+        return self.cruising(3.0, self.comfortable_stop_m() + 40.0)
 
     def start(self, t_ms: int) -> None:
         ctl, i = self.ctl, self.i
-        v = ctl.speed_mps(i)
         self.dwell = self.hold_s()
         self.detail["stall_s"] = round(self.dwell, 1)
-        ctl.add_hold(i, Hold(ctl.route_pos_m(i) + v * v / 2.8 + 10.0, self.dwell, on_arrive=self._arrived,
-                             on_release=self._released))
+        ctl.add_hold(i, Hold(ctl.route_pos_m(i) + self.comfortable_stop_m() + 10.0, self.dwell,
+                             on_arrive=self._arrived, on_release=self._released))
 
     def _arrived(self, i: int, t_ms: int) -> None:
         self.start_ms = t_ms
@@ -377,14 +373,12 @@ class CallForHelp(Behaviour):
         return (self.duration_s or self.q["call_for_help_remote_s"][1]) + 90.0
 
     def ready(self, t_ms: int) -> bool:
-        v = self.ctl.speed_mps(self.i)
-        return self.cruising(3.0, v * v / 2.8 + 40.0)
+        return self.cruising(3.0, self.comfortable_stop_m() + 40.0)
 
     def start(self, t_ms: int) -> None:
         ctl, i = self.ctl, self.i
-        v = ctl.speed_mps(i)
         self.phase = "stopping"
-        self.hold = Hold(ctl.route_pos_m(i) + v * v / 2.8 + 10.0, math.inf, on_arrive=self._arrived)
+        self.hold = Hold(ctl.route_pos_m(i) + self.comfortable_stop_m() + 10.0, math.inf, on_arrive=self._arrived)
         ctl.add_hold(i, self.hold)
         self.remote_s = self.duration_s or self.uniform(self.q["call_for_help_remote_s"])
         self.detail = {"remote_s": round(self.remote_s)}
@@ -422,9 +416,7 @@ class ErrorCode(Behaviour):
     member that does not burst itself, 1 event."""
 
     kind, expected = "error_code", ("error_code",)
-
-    def max_s(self) -> float:
-        return 25.0
+    longest_s = 25.0
 
     def ready(self, t_ms: int) -> bool:
         return self.ctl.online(self.i)
@@ -459,9 +451,7 @@ class OperatorSpeech(Behaviour):
     """One OPERATOR_SPEECH event whose transcript holds a safety keyword."""
 
     kind, expected = "operator_speech", ("operator_speech",)
-
-    def max_s(self) -> float:
-        return 5.0
+    longest_s = 5.0
 
     def ready(self, t_ms: int) -> bool:
         return self.ctl.task_state(self.i) == RUNNING
@@ -483,9 +473,7 @@ class PlannerUncertainty(Behaviour):
     """Planner top-2 costs within 0.5-4 % of each other in consecutive summaries spanning 2-5 s."""
 
     kind, expected = "planner_uncertainty", ("planner_uncertainty",)
-
-    def max_s(self) -> float:
-        return 10.0
+    longest_s = 10.0
 
     def ready(self, t_ms: int) -> bool:
         return self.ctl.speed_mps(self.i) >= 2.0 and self.ctl.task_state(self.i) == RUNNING
@@ -511,10 +499,8 @@ class SceneComplexity(Behaviour):
     within 15 m (beside the path), an UNKNOWN object with confidence < 0.5."""
 
     kind, expected = "scene_complexity", ("scene_complexity",)
+    longest_s = 20.0
     VARIANTS = ("unprotected_left", "occluded_pedestrian", "unknown_object")
-
-    def max_s(self) -> float:
-        return 20.0
 
     def ready(self, t_ms: int) -> bool:
         ctl, i = self.ctl, self.i
