@@ -176,16 +176,6 @@ def serve(service: str = typer.Argument(..., help="service name, e.g. heartbeat-
     asyncio.run(main())
 
 
-def _endpoint(name: str) -> str:
-    """An address from the environment, else from the running `fleetloop up` (endpoints.json)."""
-    if os.environ.get(name):
-        return os.environ[name]
-    path = Settings.from_env().data_dir / "endpoints.json"
-    if path.exists():
-        return json.loads(path.read_text())[name]
-    raise typer.BadParameter(f"set {name} or start `fleetloop up` first")
-
-
 @app.command()
 def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed: int = typer.Option(7),
         start_ms: int = typer.Option(DEMO_START_MS, help="simulation start, epoch ms UTC"),
@@ -197,11 +187,12 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
     """Simulate a fleet: publish heartbeats, poses, events and perception to Kafka and, like real
     vehicles, answer the case-assembler's upload commands from their ring buffers."""
     from fleetloop.bus import Bus, ensure_topics
+    from fleetloop.commands.rpc import endpoint
     from fleetloop.feed import publish_seconds
     from fleetloop.sim import FleetSimulator, SimConfig
     from fleetloop.vehicle import FleetVehicles, VehicleParams
 
-    bootstrap = _endpoint("KAFKA_BOOTSTRAP_SERVERS")
+    bootstrap = endpoint("KAFKA_BOOTSTRAP_SERVERS", env_name="KAFKA_BOOTSTRAP_SERVERS")
     settings = Settings.from_env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
     simulator = FleetSimulator(SimConfig(vehicles=vehicles, start_ms=start_ms, duration_s=int(hours * 3600),
                                          seed=seed, incidents_per_vehicle_hour=incidents_per_vehicle_hour))

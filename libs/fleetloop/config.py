@@ -12,14 +12,15 @@ points, and the resulting object is passed in.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 EMBEDDED = "embedded"
@@ -41,6 +42,36 @@ class ConfigModel(BaseModel):
     """Base of every component's parameters: immutable; an unknown key, NaN or infinity is an error."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class VersionedConfig(ConfigModel):
+    """A configuration file with a `version` that results are stamped with. The loaded version is the
+    file's string plus the first 8 hex digits of a hash of the whole content ("1+3fa2c9e1"), so an
+    edit without a version bump still changes the stamp. `source` names where it came from, in errors."""
+
+    DEFAULT_SOURCE: ClassVar[str] = "config"
+    version: str
+    _source: str = PrivateAttr(default="")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_with_content_hash(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and isinstance(raw.get("version"), str):
+            digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            return {**raw, "version": f"{raw['version']}+{digest}"}
+        return raw
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str | None = None) -> Self:
+        """Validate a parsed configuration. Raises ConfigError naming `source` and the bad key."""
+        source = source or cls.DEFAULT_SOURCE
+        config = validate(raw, cls, source=source)
+        config._source = source
+        return config
+
+    @property
+    def source(self) -> str:
+        return self._source or self.DEFAULT_SOURCE
 
 
 def load_yaml(path: str | Path, model: type[M], *, max_nodes: int = MAX_YAML_NODES) -> M:
@@ -161,13 +192,16 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where the parts of the loop live, plus service-wide knobs.
+class Settings(BaseModel):
+    """Where the parts of the loop live, plus service-wide knobs (the one list of them; the environment
+    names that set each are `EnvironmentSettings.variable_names()`).
 
-    `kafka_bootstrap_servers`, `redis_url` = "embedded" start local children; the default
-    `clickhouse_url` is an embedded chDB database under `data_dir`.
+    `kafka_bootstrap_servers`, `redis_url` = "embedded" start local children; an empty
+    `clickhouse_url` / `object_store_url` means "under `data_dir`" (Settings.from_env fills them in).
+    Immutable: derive a changed copy with `settings.model_copy(update={...})`.
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kafka_bootstrap_servers: str = EMBEDDED
     clickhouse_url: str = ""
@@ -177,44 +211,33 @@ class Settings:
     grpc_port: int = 50051
     consumer_batch_max: int = 5000
     consumer_poll_ms: int = 200
+    # "event": monitors follow data time (simulation, replay); "live": wall clock moves them through silence.
     monitor_clock: str = "event"
     object_store_url: str = ""
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from `environ` (default: the process environment); see `EnvironmentSettings`."""
         env = EnvironmentSettings.read(os.environ if environ is None else environ)
+        values = {name: getattr(env, name) for name in cls.model_fields}
         data_dir = env.data_dir
-        return cls(
-            kafka_bootstrap_servers=env.kafka_bootstrap_servers,
-            clickhouse_url=env.clickhouse_url or f"chdb://{(data_dir / 'warehouse').resolve()}",
-            redis_url=env.redis_url,
-            data_dir=data_dir,
-            grpc_host=env.grpc_host,
-            grpc_port=env.grpc_port,
-            consumer_batch_max=env.consumer_batch_max,
-            consumer_poll_ms=env.consumer_poll_ms,
-            monitor_clock=env.monitor_clock,
-            object_store_url=env.object_store_url or (data_dir / "objects").resolve().as_uri(),
-        )
+        values["clickhouse_url"] = env.clickhouse_url or f"chdb://{(data_dir / 'warehouse').resolve()}"
+        values["object_store_url"] = env.object_store_url or (data_dir / "objects").resolve().as_uri()
+        return cls(**values)
 
     def with_urls(self, *, kafka: str | None = None, clickhouse: str | None = None,
                   redis: str | None = None) -> Settings:
         """A copy with resolved URLs (the embedded launcher fills in real addresses)."""
-        return replace(
-            self,
-            kafka_bootstrap_servers=kafka or self.kafka_bootstrap_servers,
-            clickhouse_url=clickhouse or self.clickhouse_url,
-            redis_url=redis or self.redis_url,
-        )
+        return self.model_copy(update={
+            "kafka_bootstrap_servers": kafka or self.kafka_bootstrap_servers,
+            "clickhouse_url": clickhouse or self.clickhouse_url,
+            "redis_url": redis or self.redis_url,
+        })
 
 
-class EnvironmentSettings(BaseSettings):
-    """The environment variables fleetloop reads: `FLEETLOOP_<FIELD>` for its own, plus the three
-    conventional names of the outside services (KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL, REDIS_URL).
-
-    An empty `clickhouse_url` / `object_store_url` means "under data_dir" (filled in by Settings.from_env).
+class EnvironmentSettings(Settings, BaseSettings):
+    """The environment variables fleetloop reads: `FLEETLOOP_<FIELD>` for each field of Settings, except
+    the three conventional names of the outside services (KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL, REDIS_URL).
     """
 
     model_config = SettingsConfigDict(env_prefix="FLEETLOOP_", extra="ignore", frozen=True)
@@ -222,14 +245,6 @@ class EnvironmentSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(EMBEDDED, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"))
     clickhouse_url: str = Field("", validation_alias=AliasChoices("CLICKHOUSE_URL"))
     redis_url: str = Field(EMBEDDED, validation_alias=AliasChoices("REDIS_URL"))
-    data_dir: Path = Path(".fleetloop")
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    consumer_batch_max: int = 5000
-    consumer_poll_ms: int = 200
-    # "event": monitors follow data time (simulation, replay); "live": wall clock moves them through silence.
-    monitor_clock: str = "event"
-    object_store_url: str = ""
 
     @classmethod
     def read(cls, environ: Mapping[str, str]) -> EnvironmentSettings:

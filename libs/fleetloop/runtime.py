@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import importlib
 import logging
 import time
@@ -101,7 +100,7 @@ class Host:
     def _settings_for(self, name: str) -> Settings:
         port = SERVICES[name][1]
         if self.grpc and port and self.default_ports:
-            return dataclasses.replace(self.settings, grpc_port=port)
+            return self.settings.model_copy(update={"grpc_port": port})
         return self.settings
 
     def _instance(self, name: str) -> Service:

@@ -4,7 +4,6 @@ real broker, a private redis-server and chDB."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 
@@ -31,7 +30,7 @@ def clean(warehouse):
 async def test_redis_sigstop_stalls_ingest_and_it_resumes_without_loss(settings, warehouse, clean, tmp_path):
     (tmp_path / "private-redis").mkdir()
     proc, url = start_redis(tmp_path / "private-redis")
-    settings = dataclasses.replace(settings, redis_url=url)
+    settings = settings.model_copy(update={"redis_url": url})
     try:
         await publish(settings.kafka_bootstrap_servers, drive("veh-s", 60, speed=10.0))
         running = Running(HeartbeatIngest, settings, warehouse, timeout_s=120.0)

@@ -8,7 +8,6 @@ its warehouse and the gRPC health checks are the real ones."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import socket
 
@@ -74,7 +73,7 @@ def registered(monkeypatch):
 
 async def test_a_failing_service_is_restarted_and_reads_not_serving_while_it_waits(settings, registered, caplog):
     port = free_port()
-    host = runtime.Host(dataclasses.replace(settings, grpc_port=port), ["flaky"], default_ports=False,
+    host = runtime.Host(settings.model_copy(update={"grpc_port": port}), ["flaky"], default_ports=False,
                         backoff_initial_s=1.5, backoff_max_s=1.5)
     await host.start()
     try:
@@ -103,7 +102,7 @@ async def test_a_failing_service_is_restarted_and_reads_not_serving_while_it_wai
 
 async def test_a_service_that_keeps_failing_is_given_up_on_with_its_error(settings, registered, caplog):
     caplog.set_level(logging.ERROR)
-    host = runtime.Host(dataclasses.replace(settings, grpc_port=free_port()), ["broken"], default_ports=False,
+    host = runtime.Host(settings.model_copy(update={"grpc_port": free_port()}), ["broken"], default_ports=False,
                         max_restarts=3, backoff_initial_s=0.05, backoff_max_s=0.1)
     await host.start()
     try:
@@ -122,7 +121,7 @@ async def test_a_taken_port_is_not_retried(settings, registered):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        host = runtime.Host(dataclasses.replace(settings, grpc_port=port), ["flaky"], default_ports=False,
+        host = runtime.Host(settings.model_copy(update={"grpc_port": port}), ["flaky"], default_ports=False,
                             backoff_initial_s=0.05)
         await host.start()
         try:

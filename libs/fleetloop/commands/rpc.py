@@ -1,8 +1,9 @@
 """Finding a fleetloop server and calling it from the command line.
 
-The address of a service comes from, in order: the command's flag, the environment variable
-`FLEETLOOP_<KEY>` (e.g. FLEETLOOP_FLEET_GRPC), the `<KEY>` entry of the running `fleetloop up`'s
-endpoints.json under the data dir. Every command calls its RPCs through `call` (or `stream`): a failed
+The address of a service (and the broker's, for `fleetloop sim`) comes from, in order: the command's
+flag, the environment variable `FLEETLOOP_<KEY>` (e.g. FLEETLOOP_FLEET_GRPC; the broker's is the
+conventional KAFKA_BOOTSTRAP_SERVERS), the `<KEY>` entry of the running `fleetloop up`'s endpoints.json
+under the data dir: `endpoint` is the one finder. Every command calls its RPCs through `call` (or `stream`): a failed
 call is one line on stderr and exit code 2, never a traceback (docs/ARCHITECTURE.md, gRPC services).
 """
 
@@ -21,11 +22,12 @@ from fleetloop.config import Settings
 USER_ERROR_EXIT = 2
 
 
-def endpoint(key: str, flag: str | None = None) -> str:
-    """host:port of the service whose endpoints.json key is `key` (e.g. "FLEET_GRPC")."""
+def endpoint(key: str, flag: str | None = None, env_name: str | None = None) -> str:
+    """The address of `key` (an endpoints.json key, e.g. "FLEET_GRPC"): `flag`, else the environment
+    variable `env_name` (default FLEETLOOP_<key>), else the running `fleetloop up`'s endpoints.json."""
     if flag:
         return flag
-    env_name = f"FLEETLOOP_{key}"
+    env_name = env_name or f"FLEETLOOP_{key}"
     if os.environ.get(env_name):
         return os.environ[env_name]
     path = Settings.from_env().data_dir / "endpoints.json"

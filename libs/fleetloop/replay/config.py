@@ -6,16 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import PrivateAttr, model_validator
 
-from fleetloop.config import ConfigError, ConfigModel, safe_load, validate
+from fleetloop.config import ConfigError, VersionedConfig, safe_load
 from fleetloop.triggers.config import merge
 
 DEFAULT_PATH = Path(__file__).with_name("replay.yaml")
@@ -23,7 +20,7 @@ DEFAULT_PATH = Path(__file__).with_name("replay.yaml")
 Section = dict[str, Any]
 
 
-class ReplayConfig(ConfigModel):
+class ReplayConfig(VersionedConfig):
     """The effective replay configuration: one mapping per section of `replay.yaml` (each module of the
     replay reads and checks its own section); `version` is the file's version plus a hash of the
     effective content. A missing or unknown section is a ConfigError naming the file."""
@@ -40,22 +37,7 @@ class ReplayConfig(ConfigModel):
     robustness: Section
     codec: Section
     policies: Section
-    _source: str = PrivateAttr(default="replay config")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _version_with_content_hash(cls, raw: Any) -> Any:
-        if isinstance(raw, Mapping) and "version" in raw:
-            digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
-            return {**raw, "version": f"{raw['version']}+{digest}"}
-        return raw
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "replay config") -> ReplayConfig:
-        """Validate a parsed configuration. Raises ConfigError on a missing or unknown section."""
-        config = validate(raw, cls, source=source)
-        config._source = source
-        return config
+    DEFAULT_SOURCE = "replay config"
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
@@ -66,7 +48,7 @@ class ReplayConfig(ConfigModel):
         raw, names = dict(self.section(name)), set(names)
         missing, unknown = sorted(names - set(raw)), sorted(set(raw) - names)
         if missing or unknown:
-            raise ConfigError(f"{self._source}: {name}: missing keys {missing}, unknown keys {unknown}")
+            raise ConfigError(f"{self.source}: {name}: missing keys {missing}, unknown keys {unknown}")
         return raw
 
 

@@ -9,16 +9,14 @@ hard_decel) are typed here; each trigger class declares its own `Params` model, 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from fleetloop.codec.limits import LIMITS, Limits
-from fleetloop.config import ConfigError, ConfigModel, safe_load, validate
+from fleetloop.config import ConfigError, ConfigModel, VersionedConfig, safe_load
 
 DEFAULT_PATH = Path(__file__).with_name("triggers.yaml")
 
@@ -88,7 +86,7 @@ class TriggerSpec(ConfigModel):
     category: Literal["MPS", "MPD", "MPI", "INFO"] | None = None
 
 
-class TriggerConfig(ConfigModel):
+class TriggerConfig(VersionedConfig):
     """The effective trigger configuration.
 
     `triggers` holds the per-trigger specs in file order; `version` is the file's version plus a hash
@@ -102,26 +100,7 @@ class TriggerConfig(ConfigModel):
     ego_path: EgoPath
     hard_decel: HardDecelParams
     triggers: dict[str, TriggerSpec]
-    _source: str = PrivateAttr(default="trigger config")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _version_with_content_hash(cls, raw: Any) -> Any:
-        if isinstance(raw, Mapping) and isinstance(raw.get("version"), str):
-            digest = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:8]
-            return {**raw, "version": f"{raw['version']}+{digest}"}
-        return raw
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "trigger config") -> TriggerConfig:
-        """Validate a parsed configuration. Raises ConfigError naming `source` and the bad key."""
-        config = validate(raw, cls, source=source)
-        config._source = source
-        return config
-
-    @property
-    def source(self) -> str:
-        return self._source
+    DEFAULT_SOURCE = "trigger config"
 
     def section(self, name: str) -> dict[str, Any]:
         """A shared section as a plain mapping (for callers outside the triggers, e.g. the replay's frames)."""

@@ -52,6 +52,15 @@ def test_fleet_commands_with_no_address_say_how_to_get_one(monkeypatch: pytest.M
     assert "FLEETLOOP_FLEET_GRPC" in one_line_error(["fleet", "list"])
 
 
+def test_sim_with_no_broker_address_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`fleetloop sim` finds the broker through the same finder as every command (commands/rpc.endpoint)."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("FLEETLOOP_DATA_DIR", str(tmp_path))
+    assert "set KAFKA_BOOTSTRAP_SERVERS or start `fleetloop up` first" in one_line_error(["sim", "--vehicles", "1"])
+    (tmp_path / "endpoints.json").write_text('{"FLEET_GRPC": "127.0.0.1:1"}')  # up's file without the key
+    assert "KAFKA_BOOTSTRAP_SERVERS" in one_line_error(["sim", "--vehicles", "1"])
+
+
 def test_version_prints_the_package_version() -> None:
     from importlib.metadata import version
 
