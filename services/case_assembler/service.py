@@ -19,8 +19,9 @@ from fleetloop import codec, topics
 from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
 from fleetloop.config import Settings
 from fleetloop.grpc_server import Servicer, start_server
+from fleetloop.replay.requests import replay_request
 from fleetloop.state import connect
-from fleetloop.v1 import case_service_pb2_grpc, cases_pb2, triggers_pb2, uploads_pb2
+from fleetloop.v1 import case_service_pb2_grpc, cases_pb2, replay_service_pb2, triggers_pb2, uploads_pb2
 from fleetloop.vehicle.objectstore import open_store
 from fleetloop.warehouse import Warehouse
 
@@ -44,6 +45,16 @@ def decode_trigger(record: Record) -> triggers_pb2.TriggerEvent:
 def decode_manifest(record: Record) -> uploads_pb2.UploadManifest:
     """An UploadManifest from fleet.uploads.v1, checked (codec.decode_manifest); raises codec.Rejected."""
     return codec.decode_manifest(record.value, record.key)
+
+
+def replay_request_for(case: cases_pb2.Case) -> replay_service_pb2.ReplayRequest | None:
+    """The replay request of a case marked for replay whose minilog is uploaded, else None. Deterministic
+    (requested at the minilog's completion, in event time), so every later revision of the case and a
+    replayed batch republish the same request, which the replay-validator absorbs."""
+    minilog = next((u for u in case.uploads if u.tier == "minilog" and u.status == assembly.COMPLETE), None)
+    if not case.replay_queued or minilog is None:
+        return None
+    return replay_request(case.case_id, requested_by=NAME, requested_ms=minilog.updated_ms)
 
 
 class CaseAssembler:
@@ -259,7 +270,8 @@ class CaseAssembler:
     async def _commit(self, changes: Changes, trigger_rows: list[tuple],
                       commands: list[uploads_pb2.VehicleCommand]) -> None:
         """ClickHouse, then Kafka, then Redis: a crash before Redis replays the batch from the old
-        state and rewrites the same rows, cases and request ids (all idempotent)."""
+        state and rewrites the same rows, cases and request ids (all idempotent). Replay requests
+        follow the case rows, so the validator finds the case and its minilog when one arrives."""
         cases = list(changes.cases.values())
         await self.warehouse.ainsert_rows("trigger_events", trigger_rows, rows.TRIGGER_COLUMNS)
         await self.warehouse.ainsert_rows("cases", [rows.case_row(c) for c in cases], rows.CASE_COLUMNS)
@@ -268,6 +280,8 @@ class CaseAssembler:
         messages = [(topics.CASES, c.vehicle_id.encode(), c.SerializeToString()) for c in cases]
         messages += [(topics.COMMANDS, cmd.vehicle_id.encode(), cmd.SerializeToString())
                      for cmd in commands]
+        messages += [(topics.REPLAY_REQUESTS, c.case_id.encode(), request.SerializeToString())
+                     for c in cases if (request := replay_request_for(c)) is not None]
         await self.bus.send_many(messages)
         await self.state.save(changes)
         for case in cases:
