@@ -36,25 +36,25 @@ class Vehicle:
     park: Park
     route: str
     software_version: str
-    pieces: deque = field(default_factory=deque)
-    holds: list = field(default_factory=list)
-    task_n: int = 0
+    pieces: deque = field(default_factory=deque)  # world.Piece, the current one first, laid ~400 m ahead
+    holds: list = field(default_factory=list)  # world.Hold ahead on the route, nearest first
+    task_n: int = 0  # tasks started so far
     task_id: str = ""
     # van navigation on the grid
-    node: tuple[int, int] = (0, 0)
-    heading_dir: int = 0
-    edge_s: float = 0.0
-    edge_trim: float = 0.0
-    drop_nodes: list = field(default_factory=list)
-    drop_k: int = 0
-    target: tuple[int, int] | None = None
-    drop_next_edge: bool = False
-    charge_next: bool = False
+    node: tuple[int, int] = (0, 0)  # junction the next edge to lay starts from
+    heading_dir: int = 0  # its direction: index into world.DIRS
+    edge_s: float = 0.0  # route position (m) where the next edge's pieces start
+    edge_trim: float = 0.0  # metres of the next edge a turn into it has already covered
+    drop_nodes: list = field(default_factory=list)  # the route's delivery stops, visited in a cycle
+    drop_k: int = 0  # index of the next drop in drop_nodes
+    target: tuple[int, int] | None = None  # node the task drives to; None: wander
+    drop_next_edge: bool = False  # the edge being laid leads to the target: the drop is half-way along it
+    charge_next: bool = False  # this task ends charging at the depot
     # truck legs
-    leg_sections: list = field(default_factory=list)
+    leg_sections: list = field(default_factory=list)  # (road, length m, turn rad) of the leg, outbound
     leg_outbound: bool = True
-    hub_xyh: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    far_xyh: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    hub_xyh: tuple[float, float, float] = (0.0, 0.0, 0.0)  # start of the leg at the home hub: x, y (m), heading
+    far_xyh: tuple[float, float, float] = (0.0, 0.0, 0.0)  # end of the leg at the far hub
 
 
 def _zeros(n: int) -> np.ndarray:
