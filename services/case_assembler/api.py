@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 from fleetloop.request_checks import guarded, one_of, page_size, required, vehicle_id, window
@@ -16,8 +16,14 @@ from fleetloop.warehouse import Warehouse
 from services.case_assembler.bundle import build_bundle
 from services.case_assembler.rows import case_from_json
 
-if TYPE_CHECKING:
-    from services.case_assembler.service import CaseAssembler
+
+class CaseOwner(Protocol):
+    """What the API needs of the case-assembler: the cases it holds and their adjudication."""
+
+    async def case(self, case_id: str) -> cases_pb2.Case | None: ...
+
+    async def adjudicate(self, case_id: str, adjudication: cases_pb2.Adjudication) -> cases_pb2.Case | None: ...
+
 
 MAX_LIST = 10_000
 TIER_STATUSES = ("pending", "requested", "uploading", "complete", "expired", "failed")
@@ -54,7 +60,7 @@ def list_query(request: case_service_pb2.ListCasesRequest) -> tuple[str, dict]:
 
 
 class CaseApi(case_service_pb2_grpc.CaseServiceServicer):
-    def __init__(self, service: CaseAssembler, warehouse: Warehouse, store: ObjectStore, export_dir: Path) -> None:
+    def __init__(self, service: CaseOwner, warehouse: Warehouse, store: ObjectStore, export_dir: Path) -> None:
         self.service = service
         self.warehouse = warehouse
         self.store = store

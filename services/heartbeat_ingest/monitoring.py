@@ -90,7 +90,7 @@ class FleetMonitoring:
         self.vehicle_records = 0   # heartbeats and events the vehicles agent has taken
         self.forwarded = 0         # sent to the park topic
         self.park_records = 0      # taken by the parks agent
-        config = load_monitor_config()
+        self.config = config = load_monitor_config()  # the one read of monitors.yaml in this service
         self.vehicle_monitor = FleetMonitor(config, clock, parks=False, external_watermark=True)
         # The park topic is written in event-time order (see `vehicles`), so its own clock is sound.
         self.park_monitor = FleetMonitor(config, clock, vehicles=False)

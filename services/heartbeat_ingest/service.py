@@ -13,7 +13,7 @@ from fleetloop import codec, topics
 from fleetloop.bus import BatchConsumer, Bus, FleetClock, Record, Refusal
 from fleetloop.config import Settings
 from fleetloop.grpc_server import Servicer, start_server
-from fleetloop.monitors import ClockMode, load_monitor_config
+from fleetloop.monitors import ClockMode
 from fleetloop.state import connect
 from fleetloop.v1 import alerts_pb2_grpc, common_pb2, fleet_service_pb2_grpc, metrics_pb2_grpc
 from fleetloop.warehouse import Warehouse
@@ -177,7 +177,7 @@ class HeartbeatIngest:
         self.warehouse.command(f"ALTER TABLE dws_fleet_day REPLACE PARTITION {partition} FROM dws_fleet_day_staging")
 
     async def serve_grpc(self) -> None:
-        offline = load_monitor_config().offline
+        offline = self.monitoring.config.offline
         api = FleetApi(self.warehouse, self.live, offline_after_s=offline.missed_heartbeats / offline.default_rate_hz)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self._server, self.grpc_port = await start_server([
