@@ -1,8 +1,9 @@
 """The simulator's state: per-vehicle Python objects (route, navigation, task) and the fleet's numpy arrays.
 
 `FleetState` holds one array per quantity, indexed by vehicle (shape (n,) unless noted), so the 10 Hz
-steps run vectorised over the fleet. Route positions (`*_m` along the route) are metres from the
-vehicle's start; times `*_ms` are epoch ms of event time, `*_s` epoch seconds.
+steps run vectorised over the fleet. Positions (`pos_m`, `*_pos_m`, `piece_start_m`, ...) are metres
+along the vehicle's route from where it started; `*_ms` fields are epoch ms of event time, and
+`weave_start_s` and `agent_until_s` epoch seconds; other `*_s` fields are durations.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class FleetState:
     lane_change_from_m: np.ndarray  # lateral offset (m, + left) at its start
     lane_change_shift_m: np.ndarray  # lateral shift it makes (m, + left)
     lane_return_ms: np.ndarray  # float: when to change back to the home lane; inf: no plan
-    lane_index: np.ndarray  # int: 0 = home (right-most) lane
+    lane_index: np.ndarray  # int: 0 = the home lane, 1 = one lane to its left
     weave_on: np.ndarray  # bool
     weave_start_s: np.ndarray
     weave_amp_rps: np.ndarray  # yaw-rate amplitude
