@@ -1,4 +1,6 @@
-"""`fleetloop replay …`: the counterfactual replay from the terminal (pure library, no services).
+"""`fleetloop replay …`: the counterfactual replay from the terminal.
+
+In this process (the replay library, no services):
 
 - `suite`: search the generated known-answer suite and print the per-family table and totals;
 - `scenario --minilog FILE`: one scenario from a minilog MCAP as a vehicle uploads it, its map from the
@@ -7,6 +9,11 @@
   and the solution does not, and the robustness verdict; `--out` writes the ScenarioSolutionPair,
   `--xosc` an OpenSCENARIO file of it;
 - `policies`, `train`: the policy registry and behaviour cloning (`commands/replay_train.py`).
+
+Through the replay-validator's ReplayService (address: FLEETLOOP_REPLAY_GRPC, else endpoints.json REPLAY_GRPC):
+- `case CASE_ID`: ask for a case's replay, wait for the solution and print it (`--no-wait`: only its id);
+- `show SOLUTION_ID`: one solution, baseline vs solution per cost term, verdict, triggers, pair;
+- `list`: solutions filtered by case, vehicle, policy, verdict, a page at a time.
 
 Bad input (an unknown policy, a minilog without ego pose, NaN states, an empty window) ends with
 `error: …` on stderr and exit code 2.
@@ -170,3 +177,120 @@ def _write_pair(scen: Any, solved: Any, setup: Any, out: Path | None, xosc: Path
     if xosc:
         write_openscenario(pair, xosc)
         typer.echo(f"wrote {xosc}")
+
+
+# --- the replay-validator service (ReplayService): `case`, `show`, `list` ------------------------------------------
+
+
+MAX_POLLED = 1000  # solutions of one case looked through while `replay case --wait` polls (ListSolutions' page)
+
+
+def _call(method: str, request: Any) -> Any:
+    """One ReplayService call on the replay-validator; a failure is one line and exit code 2."""
+    from fleetloop.commands.rpc import call, endpoint
+    from fleetloop.v1 import replay_service_pb2_grpc
+
+    return call(endpoint("REPLAY_GRPC"), replay_service_pb2_grpc.ReplayServiceStub, method, request)
+
+
+def _verdict(value: int) -> str:
+    from fleetloop.v1 import replay_service_pb2
+
+    return replay_service_pb2.SolutionVerdict.Name(value).removeprefix("SOLUTION_VERDICT_").lower()
+
+
+def _print_solution(s: Any) -> None:
+    from fleetloop.report import table
+
+    typer.echo(f"solution {s.solution_id}: case {s.case_id} (vehicle {s.vehicle_id}), policy {s.policy}, search "
+               f"{s.search_config} ({s.search_config_version}); verdict {_verdict(s.verdict)}, solution from "
+               f"{s.source}")
+    rows = [[t.name, _fmt(t.baseline), _fmt(t.solution), _fmt(t.solution - t.baseline)] for t in s.terms]
+    rows.append(["total", _fmt(s.baseline_total), _fmt(s.solution_total), _fmt(s.solution_total - s.baseline_total)])
+    rows.append(["score", _fmt(s.baseline_score), _fmt(s.solution_score), _fmt(s.solution_score - s.baseline_score)])
+    typer.echo(table(["cost term", "baseline", "solution", "change"], rows))
+    typer.echo("triggers fired by the baseline, not by the solution: "
+               + (", ".join(f"{k} x{v}" for k, v in sorted(s.triggers_removed.items())) or "none"))
+    typer.echo("triggers the solution fires and the baseline does not: "
+               + (", ".join(f"{k} x{v}" for k, v in sorted(s.triggers_added.items())) or "none"))
+    robust = (f"wins {100 * s.win_rate:.0f} % of {s.perturbations} perturbations" if s.perturbations
+              else "not re-validated")
+    typer.echo(f"robustness: {robust}; searched {s.candidates} candidates in {s.iterations} iteration(s) on "
+               f"{s.device}, {s.batch_scenarios} case(s) together in {s.search_seconds:.2f} s")
+    typer.echo(f"pair: {s.pair_key} ({s.pair_size_bytes:,} bytes)")
+
+
+@app.command()
+def show(solution_id: str = typer.Argument(..., help="a solution id (from `replay case` or `replay list`)")) -> None:
+    """One solution of the replay-validator: baseline vs solution per cost term, verdict, triggers, pair."""
+    from fleetloop.v1 import replay_service_pb2
+
+    _print_solution(_call("GetSolution", replay_service_pb2.GetSolutionRequest(solution_id=solution_id)))
+
+
+@app.command("list")
+def list_solutions(case: str = typer.Option("", "--case", help="case id"),
+                   vehicle: str = typer.Option("", "--vehicle", help="vehicle id"),
+                   policy: str = typer.Option("", "--policy", help="policy name@version"),
+                   verdict: str = typer.Option("", "--verdict", help="improved, fragile or baseline_stands"),
+                   page_size: int = typer.Option(50, "--page-size", help="solutions per page (at most 1,000)"),
+                   page_token: str = typer.Option("", "--page-token", help="the token a previous page printed")
+                   ) -> None:
+    """Solutions matching every given filter, newest request first."""
+    from fleetloop.commands.rpc import fail
+    from fleetloop.report import table
+    from fleetloop.v1 import replay_service_pb2
+
+    verdicts = {_verdict(v): v for v in replay_service_pb2.SolutionVerdict.values() if v}
+    if verdict and verdict not in verdicts:
+        fail(f"--verdict: {verdict!r} is not one of {', '.join(verdicts)}")
+    response = _call("ListSolutions", replay_service_pb2.ListSolutionsRequest(
+        case_id=case, vehicle_id=vehicle, policy=policy, verdict=verdicts.get(verdict, 0), page_size=page_size,
+        page_token=page_token))
+    typer.echo(table(["solution", "case", "vehicle", "policy", "search", "verdict", "baseline", "solution total",
+                      "triggers removed", "pair bytes"], [
+        [s.solution_id, s.case_id, s.vehicle_id, s.policy, s.search_config, _verdict(s.verdict),
+         _fmt(s.baseline_total), _fmt(s.solution_total), ",".join(sorted(s.triggers_removed)) or "-",
+         f"{s.pair_size_bytes:,}"] for s in response.solutions]))
+    if response.next_page_token:
+        typer.echo(f"more: --page-token {response.next_page_token}")
+
+
+@app.command("case")
+def replay_case(case_id: str = typer.Argument(..., help="the case to replay"),
+                policy: str = typer.Option("", "--policy", help="policy name@version (default: the validator's)"),
+                search_config: str = typer.Option("", "--search-config",
+                                                  help="named search configuration (default: the validator's)"),
+                method: str = METHOD, iterations: int = ITERATIONS, candidates: int = CANDIDATES,
+                wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the solution and print it"),
+                wait_s: float = typer.Option(300.0, "--wait-s", help="give up waiting after this many seconds")
+                ) -> None:
+    """Ask the replay-validator to replay a case; prints the solution id (and, with --wait, the solution)."""
+    from fleetloop.commands.rpc import fail
+    from fleetloop.v1 import replay_service_pb2
+
+    overrides = replay_service_pb2.SearchOverrides()
+    for name, value in (("method", method), ("iterations", iterations), ("candidates_per_iteration", candidates)):
+        if value is not None:
+            setattr(overrides, name, value)
+    request = replay_service_pb2.ReplayCaseRequest(case_id=case_id, policy=policy, search_config=search_config,
+                                                   requested_by="fleetloop replay case")
+    if overrides.ListFields():
+        request.overrides.CopyFrom(overrides)
+    response = _call("ReplayCase", request)
+    typer.echo(f"solution {response.solution_id}" + (" (already solved)" if response.already_solved
+                                                      else f" requested (request {response.request_id})"))
+    if not wait:
+        return
+    # polled through ListSolutions: an empty page, not an error, while the solution is not there yet
+    deadline = time.monotonic() + wait_s
+    poll = replay_service_pb2.ListSolutionsRequest(case_id=case_id, page_size=MAX_POLLED)
+    while True:
+        found = [s for s in _call("ListSolutions", poll).solutions if s.solution_id == response.solution_id]
+        if found:
+            solution = found[0]
+            break
+        if time.monotonic() > deadline:
+            fail(f"no solution after {wait_s:.0f} s; `fleetloop replay show {response.solution_id}` later")
+        time.sleep(0.5)
+    _print_solution(solution)
