@@ -93,7 +93,8 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
                          "REDIS_URL": stack.settings.redis_url, "CLICKHOUSE_URL": stack.settings.clickhouse_url,
                          "FLEET_GRPC": f"{settings.grpc_host}:{SERVICES['heartbeat-ingest'][1]}",
                          "CASES_GRPC": f"{settings.grpc_host}:{SERVICES['case-assembler'][1]}",
-                         "MINER_GRPC": f"{settings.grpc_host}:{SERVICES['miner'][1]}"}
+                         "MINER_GRPC": f"{settings.grpc_host}:{SERVICES['miner'][1]}",
+                         "REPLAY_GRPC": f"{settings.grpc_host}:{SERVICES['replay-validator'][1]}"}
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             (settings.data_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
             typer.echo("fleetloop is up:")

@@ -52,6 +52,7 @@ SERVICES: dict[str, tuple[str, int]] = {
     "case-assembler": ("services.case_assembler.service:CaseAssembler", 50052),
     "label-indexer": ("services.label_indexer.service:LabelIndexer", 0),
     "miner": ("services.miner.service:MinerService", 50053),
+    "replay-validator": ("services.replay_validator.service:ReplayValidator", 50054),
 }
 
 

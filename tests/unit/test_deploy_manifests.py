@@ -5,9 +5,11 @@ select, every kustomize resource is there."""
 from __future__ import annotations
 
 import yaml
+from fleetloop import topics
 from fleetloop.runtime import SERVICES
 
 from services.heartbeat_ingest import service as heartbeat_ingest
+from services.replay_validator import service as replay_validator
 from services.trigger_engine import service as trigger_engine
 from tests.support import REPO_ROOT
 
@@ -15,7 +17,8 @@ ROOT = REPO_ROOT
 URL_VARIABLES = {"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "REDIS_URL"}
 # The services that scale by replicas on their consumer lag: (consumer group, topics consumed), from the code.
 SCALED = {"heartbeat-ingest": (heartbeat_ingest.GROUP_ID, set(heartbeat_ingest.PAYLOAD_BY_TOPIC)),
-          "trigger-engine": (trigger_engine.GROUP_ID, set(trigger_engine.PAYLOAD_BY_TOPIC))}
+          "trigger-engine": (trigger_engine.GROUP_ID, set(trigger_engine.PAYLOAD_BY_TOPIC)),
+          "replay-validator": (replay_validator.GROUP_ID, {topics.REPLAY_REQUESTS})}
 
 
 def test_compose_runs_registered_services_against_real_parts():
