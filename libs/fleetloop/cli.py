@@ -191,7 +191,7 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
     from fleetloop.commands.rpc import endpoint
     from fleetloop.feed import publish_seconds
     from fleetloop.sim import FleetSimulator, SimConfig
-    from fleetloop.vehicle import FleetVehicles, VehicleParams
+    from fleetloop.vehicle import FleetVehicles, load_vehicle_params
 
     bootstrap = endpoint("KAFKA_BOOTSTRAP_SERVERS", env_name="KAFKA_BOOTSTRAP_SERVERS")
     settings = Settings.from_env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
@@ -210,7 +210,8 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
         fleet = None
         if serve_uploads:
             # The buffer holds the whole run, so a case cut late in an accelerated run still finds its window.
-            fleet = FleetVehicles(settings, bus, VehicleParams(ring_capacity_s=hours * 3600 + 60))
+            params = load_vehicle_params().model_copy(update={"ring_capacity_s": hours * 3600 + 60})
+            fleet = FleetVehicles(settings, bus, params)
             seconds = fleet.pass_through(seconds)
             uploads = asyncio.create_task(fleet.run(stop))
         try:

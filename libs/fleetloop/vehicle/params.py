@@ -15,11 +15,6 @@ from fleetloop.config import ConfigModel, load_yaml
 
 DEFAULT_PATH = Path(__file__).with_name("vehicle.yaml")
 
-# The figure vehicle.yaml states, for callers that build VehicleParams by hand (the CLI's simulated
-# fleet sets only its ring capacity); everything else reads the file.
-_RAW_BYTES_PER_MINUTE = 4e9
-
-
 class RingBufferParams(ConfigModel):
     capacity_s: float = Field(gt=0)
 
@@ -39,7 +34,7 @@ class VehicleParams(ConfigModel):
     """ring_capacity_s: seconds of event time kept per vehicle; raw_bytes_per_minute: declared raw volume."""
 
     ring_capacity_s: float = Field(gt=0)
-    raw_bytes_per_minute: float = Field(_RAW_BYTES_PER_MINUTE, gt=0)
+    raw_bytes_per_minute: float = Field(gt=0)
 
     @property
     def raw_bytes_per_s(self) -> float:
