@@ -57,7 +57,8 @@ ANSWERS = {"lead_brake": COLLIDES_SAFE_EXISTS, "cut_in": COLLIDES_SAFE_EXISTS,
 PHANTOM_TAG = "phantom_agent:"
 T0_MS = 1_780_293_600_000  # 2026-06-01T06:00:00Z, the simulator's default start
 
-# (class, length m, width m): the simulator's sizes (sim/fleet.py), buses and trucks of city traffic.
+# (class, length m, width m): cars, trucks and buses at the simulator's agent sizes (sim/traffic.py), and the
+# other road users of city traffic.
 CAR = (AgentClass.CAR, 4.6, 1.9)
 VAN = (AgentClass.CAR, 5.2, 2.0)
 TRUCK = (AgentClass.TRUCK, 9.0, 2.5)

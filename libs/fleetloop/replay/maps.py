@@ -28,6 +28,7 @@ from fleetloop.sim.world import (
     Piece,
     build_sections,
     curve_piece,
+    piece_end,
     reversed_sections,
 )
 
@@ -196,11 +197,11 @@ class SimWorldMap:
             if veh.kind != "truck":
                 continue
             out = build_sections(veh.hub_xyh, veh.leg_sections, 0.0, sim.p["roads"], sim.bank, lat)
-            end = sim._piece_end(out[-1])
+            end = piece_end(out[-1], sim.bank)
             _, uy = sim.bank.end_offset(math.pi)
             yard = curve_piece(out[-1].s1, *end, 12.0 / uy, math.pi, "urban", sim.p["roads"], sim.bank, lat)
-            back = build_sections(sim._piece_end(yard), reversed_sections(veh.leg_sections), yard.s1, sim.p["roads"],
-                                  sim.bank, lat)
+            back = build_sections(piece_end(yard, sim.bank), reversed_sections(veh.leg_sections), yard.s1,
+                                  sim.p["roads"], sim.bank, lat)
             legs.setdefault(veh.city.name, []).extend([out, back])
         return cls(sim.cities, sim.p, sim.bank, legs, float(sim.p["lane_change"]["lateral_m"]))
 

@@ -362,23 +362,24 @@ class TruthRecorder:
             yield second
 
     def _snapshot(self, second: SimSecond) -> None:
-        sim, t_ms = self.sim, second.t_ms
+        st, hooks, t_ms = self.sim.state, self.sim.hooks, second.t_ms
         for topic, env in second.messages:
             if topic == topics.POSE and env.vehicle_id in self.index:
                 self._poses[env.vehicle_id].update(_pose_samples(env.pose))
         for vid, i in self.index.items():
-            if not sim.online[i]:
+            if not st.online[i]:
                 continue
             rows = self._rows[vid]
-            if sim.lead_on[i] and i not in sim.perc_no_lead:
-                truck = sim.lead_class[i] == common_pb2.OBJECT_CLASS_TRUCK
-                rows.append((t_ms, int(sim.lead_track[i]), int(sim.lead_class[i]), float(sim.lead_gap[i]), 0.0,
-                             float(sim.lead_dv[i]), 0.0, 9.0 if truck else 4.6, 1.9, False))  # fleet._perception
-            for k in np.flatnonzero(sim.ag_on[i]).tolist():
-                rows.append((t_ms, int(sim.ag_track[i, k]), int(sim.ag_class[i, k]), float(sim.ag_x[i, k]),
-                             float(sim.ag_y[i, k]), float(sim.ag_vx[i, k]), 0.0, float(sim.ag_len[i, k]),
-                             float(sim.ag_wid[i, k]), False))
-            rows += [_detection_row(t_ms, o) for o in sim.perc_objects.get(i, [])]
+            if st.lead_present[i] and i not in hooks.no_lead:
+                # the lead's box as perception.Perception.summaries sizes it
+                truck = st.lead_class[i] == common_pb2.OBJECT_CLASS_TRUCK
+                rows.append((t_ms, int(st.lead_track_id[i]), int(st.lead_class[i]), float(st.lead_gap_m[i]), 0.0,
+                             float(st.lead_rel_speed_mps[i]), 0.0, 9.0 if truck else 4.6, 1.9, False))
+            for k in np.flatnonzero(st.agent_on[i]).tolist():
+                rows.append((t_ms, int(st.agent_track_id[i, k]), int(st.agent_class[i, k]), float(st.agent_x_m[i, k]),
+                             float(st.agent_y_m[i, k]), float(st.agent_rel_vx_mps[i, k]), 0.0,
+                             float(st.agent_length_m[i, k]), float(st.agent_width_m[i, k]), False))
+            rows += [_detection_row(t_ms, o) for o in hooks.objects.get(i, [])]
 
     def truth(self, vehicle_id: str) -> TruthLog:
         """The record of one vehicle so far (incidents: those the simulator has recorded, all of them

@@ -90,7 +90,7 @@ def run_fleet(vehicles: int, duration_s: int, sim_seed: int) -> tuple[list[Vehic
                                               o.rel_vy_mps, o.length_m, o.width_m]
                                              for o in env.perception.objects], dtype=np.float64).reshape(-1, 8))
         for i, veh in enumerate(sim.vehicles):
-            logs[i].s_end.append(float(sim.s[i]))
+            logs[i].s_end.append(float(sim.state.pos_m[i]))
             for piece in veh.pieces:
                 logs[i].pieces.setdefault(piece.s0, piece)
     return logs, sim.bank

@@ -32,7 +32,7 @@ from fleetloop.sim.perception import Perception, PerceptionHooks
 from fleetloop.sim.routes import Routes
 from fleetloop.sim.state import FleetState, Vehicle
 from fleetloop.sim.traffic import Traffic
-from fleetloop.sim.world import City, CityMap, CurveBank, Park, Piece, piece_end, weather_hours
+from fleetloop.sim.world import City, CityMap, CurveBank, Park, weather_hours
 from fleetloop.v1 import common_pb2
 
 
@@ -104,7 +104,8 @@ class FleetSimulator:
 
     `seconds()` yields one `SimSecond` per simulated second in event-time order; after it is
     exhausted `ground_truth` holds every incident that happened, the cloud-visible mileage and the
-    vehicles. `state` is the fleet's numeric state, `vehicles` and `cities` the world it drives.
+    vehicles. `state` is the fleet's numeric state, `hooks` what incidents add to the current second's
+    perception, `vehicles` and `cities` the world it drives.
     """
 
     def __init__(self, config: SimConfig) -> None:
@@ -171,28 +172,3 @@ class FleetSimulator:
         self.incidents.finish()
         self.ground_truth.incidents.sort(key=lambda r: (r.start_ms, r.incident_id))
         self.ground_truth.mileage = self.mileage.rows()
-
-    # ------------------------------------------------------------------ what fleetloop.replay reads
-    # The replay's TruthRecorder and SimWorldMap read these names; they are views of `state`,
-    # `hooks` and the world, kept so those callers do not change.
-
-    s = property(lambda self: self.state.pos_m)
-    online = property(lambda self: self.state.online)
-    lead_on = property(lambda self: self.state.lead_present)
-    lead_class = property(lambda self: self.state.lead_class)
-    lead_track = property(lambda self: self.state.lead_track_id)
-    lead_gap = property(lambda self: self.state.lead_gap_m)
-    lead_dv = property(lambda self: self.state.lead_rel_speed_mps)
-    ag_on = property(lambda self: self.state.agent_on)
-    ag_track = property(lambda self: self.state.agent_track_id)
-    ag_class = property(lambda self: self.state.agent_class)
-    ag_x = property(lambda self: self.state.agent_x_m)
-    ag_y = property(lambda self: self.state.agent_y_m)
-    ag_vx = property(lambda self: self.state.agent_rel_vx_mps)
-    ag_len = property(lambda self: self.state.agent_length_m)
-    ag_wid = property(lambda self: self.state.agent_width_m)
-    perc_objects = property(lambda self: self.hooks.objects)
-    perc_no_lead = property(lambda self: self.hooks.no_lead)
-
-    def _piece_end(self, piece: Piece) -> tuple[float, float, float]:
-        return piece_end(piece, self.bank)
