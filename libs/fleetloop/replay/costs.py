@@ -36,7 +36,7 @@ from torch import Tensor
 from fleetloop.replay.config import ReplayConfig
 from fleetloop.replay.dynamics import wrap_angle
 from fleetloop.replay.scenario import EGO, MapKind, Rollout, ScenarioBatch, ScenarioError
-from fleetloop.triggers.criticality import time_to_collision
+from fleetloop.triggers.criticality import longitudinal_ttc
 
 OBJECTIVES = ("safety", "comfort", "efficiency", "compliance")
 INF = float("inf")
@@ -438,7 +438,8 @@ class Collision(CostTerm):
 @register
 class TimeToCollision(CostTerm):
     """Minimum time to collision (s) against agents in the ego's path over the future steps, by the
-    one TTC definition (`fleetloop.triggers.criticality.time_to_collision`, shared with near_miss).
+    one TTC definition (`fleetloop.triggers.criticality`, its longitudinal case `longitudinal_ttc`: the
+    first overlap of the boxes along the ego's axis, shared with near_miss and the labels).
     Safety.
 
     In the path: ahead, bumper-to-bumper gap along the ego's heading ≤ `lookahead_m`, and the agent's
@@ -460,7 +461,7 @@ class TimeToCollision(CostTerm):
             in_path = (g.valid[:, sl] & (g.rel_x[:, sl] > 0)
                        & (g.rel_y[:, sl].abs() <= corridor + self.p["path_margin_m"])
                        & (g.gap_x[:, sl] <= self.p["lookahead_m"]))
-            ttc = time_to_collision(g.gap_x[:, sl], g.closing[:, sl], self.p["min_closing_mps"])
+            ttc = longitudinal_ttc(g.gap_x[:, sl], g.closing[:, sl], self.p["min_closing_mps"])
             min_ttc[:, sl] = ttc.masked_fill_(~in_path, INF).amin(dim=(2, 3))
         value = (self.p["ttc_s"] - min_ttc).clamp_min(0.0)
         return CostValue(value, _ego_future(rollout).any(-1), min_ttc)

@@ -2,7 +2,7 @@
 
 `load_config()` is the only function here that reads a file; everything else takes the parsed
 configuration, so services and tests pass it in. The shared sections (runner, sanity, ego_path,
-hard_decel) are typed here; each trigger class declares its own `Params` model, checked against its
+criticality, hard_decel) are typed here; each trigger class declares its own `Params` model, checked against its
 `params` mapping when the trigger is built (`fleetloop.triggers.base.Trigger`).
 """
 
@@ -58,6 +58,19 @@ class EgoPath(ConfigModel):
     lookahead_m: Positive
 
 
+class CriticalityParams(ConfigModel):
+    """The shared criticality settings (`fleetloop.triggers.criticality`): TTC horizon (s), the ego box
+    used when a summary does not carry it (m), the lateral margin of "in the path" (m), the lookahead
+    time (s, × speed, floored by `ego_path.lookahead_m`) and the least speed for a headway (m/s)."""
+
+    horizon_s: Positive
+    ego_length_m: Positive
+    ego_width_m: Positive
+    path_margin_m: NonNegative
+    lookahead_s: Positive
+    min_headway_speed_mps: NonNegative
+
+
 class HardDecelParams(EpisodeGaps):
     """One hard-deceleration episode: deceleration ≥ `decel_mps2` (m/s²) for ≥ `min_duration_s`;
     severity reaches 1 at `severe_decel_mps2`."""
@@ -98,6 +111,7 @@ class TriggerConfig(VersionedConfig):
     runner: RunnerParams
     sanity: SanityLimits
     ego_path: EgoPath
+    criticality: CriticalityParams
     hard_decel: HardDecelParams
     triggers: dict[str, TriggerSpec]
     DEFAULT_SOURCE = "trigger config"

@@ -64,7 +64,15 @@ class Frames:
     `max_decel_mps2` largest valid deceleration (-inf none).
 
     objects (k,): `row`, `object_class` int64; `rel_x_m` (+ ahead), `rel_y_m` (+ left), `rel_vx_mps`,
-    `rel_vy_mps`, `confidence` float64; `emerged` bool; `valid` bool (all finite).
+    `rel_vy_mps`, `confidence` float64; `emerged` bool; `valid` bool (all finite). The fields of the
+    criticality contract (common.proto) default when a producer leaves them out: `length_m`,
+    `width_m` (0: a point), `accel_x_mps2`, `accel_y_mps2` (0: constant velocity), `min_ttc_s`,
+    `min_distance_m` (in-second minima, inf when unset).
+
+    seconds, criticality: `bumper_gap` bool (rel_x_m is a bumper gap: BUMPER_GAP or the legacy
+    UNSPECIFIED; False for BOX_CENTRE), `ego_length_m`, `ego_width_m` (NaN: not sent),
+    `window_min_ttc_s`, `window_min_distance_m` (inf: unset), `ego_accel_mps2` mean valid
+    longitudinal acceleration (0 when none).
 
     events (e,): `t_ms` int64, `kind`, `to_mode` int64, `value` float64; `module`, `code`, `text`,
     `source` lists of str.
@@ -110,7 +118,33 @@ class Frames:
     ev_source: list[str]
     masked: int = 0
     malformed: int = 0
+    obj_length_m: np.ndarray | None = None
+    obj_width_m: np.ndarray | None = None
+    obj_accel_x_mps2: np.ndarray | None = None
+    obj_accel_y_mps2: np.ndarray | None = None
+    obj_min_ttc_s: np.ndarray | None = None
+    obj_min_distance_m: np.ndarray | None = None
+    bumper_gap: np.ndarray | None = None
+    ego_length_m: np.ndarray | None = None
+    ego_width_m: np.ndarray | None = None
+    window_min_ttc_s: np.ndarray | None = None
+    window_min_distance_m: np.ndarray | None = None
+    ego_accel_mps2: np.ndarray | None = None
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # Producers of Frames other than build_frames (the replay's rollouts) may leave the criticality
+        # columns out: they take the contract's defaults.
+        k, m = self.obj_row.size, self.sec_ms.size
+        for name, size, value in (("obj_length_m", k, 0.0), ("obj_width_m", k, 0.0), ("obj_accel_x_mps2", k, 0.0),
+                                  ("obj_accel_y_mps2", k, 0.0), ("obj_min_ttc_s", k, np.inf),
+                                  ("obj_min_distance_m", k, np.inf), ("ego_length_m", m, np.nan),
+                                  ("ego_width_m", m, np.nan), ("window_min_ttc_s", m, np.inf),
+                                  ("window_min_distance_m", m, np.inf), ("ego_accel_mps2", m, 0.0)):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(size, value))
+        if self.bumper_gap is None:
+            self.bumper_gap = np.ones(m, dtype=bool)
 
     @property
     def n_samples(self) -> int:
@@ -240,22 +274,44 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
     o_row = np.repeat(p_rows, [len(summary.objects) for summary in summaries])
     o_cls = [o.object_class for o in flat]
     o_em = [o.emerged_from_occlusion for o in flat]
-    obj = [np.array([getattr(o, name) for o in flat], dtype=np.float64)
-           for name in ("rel_x_m", "rel_y_m", "rel_vx_mps", "rel_vy_mps", "confidence")]
+    # One pass over the objects: (k, 11) rows, the in-second minima inf where unset.
+    table = np.array([(o.rel_x_m, o.rel_y_m, o.rel_vx_mps, o.rel_vy_mps, o.confidence, o.length_m, o.width_m,
+                       o.accel_x_mps2, o.accel_y_mps2,
+                       o.min_ttc_s if o.HasField("min_ttc_s") else np.inf,
+                       o.min_distance_m if o.HasField("min_distance_m") else np.inf) for o in flat],
+                     dtype=np.float64).reshape(len(flat), 11)
+    obj = list(table[:, :9].T)
+    obj_min = list(table[:, 9:].T)
+
+    def summary_field(name: str, unset: float) -> np.ndarray:
+        out = np.full(m, unset)
+        out[p_rows] = [getattr(s, name) if s.HasField(name) else unset for s in summaries]
+        return out
+
+    bumper_gap = np.ones(m, dtype=bool)
+    bumper_gap[p_rows] = [s.position_reference != common_pb2.POSITION_REFERENCE_BOX_CENTRE for s in summaries]
     # Seconds without a summary keep the last known maneuver so a gap is not a command flip.
     known = maneuver != UNKNOWN_MANEUVER
     last_m = np.maximum.accumulate(np.where(known, np.arange(m), -1)) if m else np.zeros(0, np.int64)
     maneuver = np.where(last_m >= 0, maneuver[np.maximum(last_m, 0)], carry.maneuver)
 
     obj_valid = np.logical_and.reduce([np.isfinite(c) for c in obj]) if flat else np.zeros(0, bool)
+    obj_valid &= ~np.isnan(obj_min[0]) & ~np.isnan(obj_min[1]) & (obj[5] >= 0) & (obj[6] >= 0)
     masked += int((~obj_valid).sum())
     obj = [np.where(obj_valid, c, 0.0) for c in obj]
+    obj_min = [np.where(obj_valid, c, np.inf) for c in obj_min]
+    ego_size = [summary_field(name, np.nan) for name in ("ego_length_m", "ego_width_m")]
+    ego_size = [np.where(np.isfinite(c) & (c > 0), c, np.nan) for c in ego_size]
+    window = [summary_field(name, np.inf) for name in ("window_min_ttc_s", "window_min_distance_m")]
+    window = [np.where(np.isnan(c), np.inf, c) for c in window]
 
     ev_speed = np.bincount(row[speed_valid], weights=speed[speed_valid], minlength=m)
     ev_count = np.bincount(row[speed_valid], minlength=m)
     ego_speed = ev_speed / np.maximum(ev_count, 1)
     max_decel = np.full(m, -np.inf)
     np.maximum.at(max_decel, row[accel_valid], -accel[accel_valid])
+    ego_accel = np.bincount(row[accel_valid], weights=accel[accel_valid], minlength=m) \
+        / np.maximum(np.bincount(row[accel_valid], minlength=m), 1)
 
     events.sort(key=lambda e: (e[0], e[1]))
     ev = [e[2] for e in events]
@@ -275,6 +331,10 @@ def build_frames(envelopes: Sequence[common_pb2.Envelope], carry: FrameCarry,
         ev_value=np.asarray([e.value for e in ev], dtype=np.float64),
         ev_module=[e.module for e in ev], ev_code=[e.code for e in ev], ev_text=[e.text for e in ev],
         ev_source=[e.source for e in ev], masked=masked, malformed=malformed,
+        obj_length_m=obj[5], obj_width_m=obj[6], obj_accel_x_mps2=obj[7], obj_accel_y_mps2=obj[8],
+        obj_min_ttc_s=obj_min[0], obj_min_distance_m=obj_min[1], bumper_gap=bumper_gap,
+        ego_length_m=ego_size[0], ego_width_m=ego_size[1], window_min_ttc_s=window[0],
+        window_min_distance_m=window[1], ego_accel_mps2=ego_accel,
     )
     new_carry = FrameCarry(
         last_sample_ms=int(t_ms[-1]) if t_ms.size else carry.last_sample_ms,

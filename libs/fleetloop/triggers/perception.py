@@ -11,18 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from fleetloop.triggers import criticality
 from fleetloop.triggers.base import (
+    REGISTRY,
     Category,
     Detection,
     Trigger,
-    in_path,
     ms,
-    nearest_in_path,
     per_row_min,
     register,
 )
 from fleetloop.triggers.config import Count, EpisodeGaps, Fraction, NonNegative, Positive, TriggerConfig, TriggerSpec
-from fleetloop.triggers.criticality import time_to_collision
 from fleetloop.triggers.episodes import Episode, EpisodeTracker
 from fleetloop.triggers.frames import Frames
 from fleetloop.v1 import common_pb2
@@ -64,8 +63,8 @@ class _SummaryTrigger(Trigger):
 
 
 class NearMissParams(EpisodeGaps):
-    """TTC below `ttc_s` (s) at closing ≥ `min_closing_mps`, or an in-path object nearer than
-    `min_distance_m` while moving faster than `min_speed_mps` (m/s)."""
+    """TTC below `ttc_s` (s) at a relative speed ≥ `min_closing_mps`, or an object in the path nearer
+    than `min_distance_m` while moving faster than `min_speed_mps` (m/s)."""
 
     ttc_s: Positive
     min_closing_mps: NonNegative
@@ -74,16 +73,58 @@ class NearMissParams(EpisodeGaps):
     yield_to_hard_brake: bool
 
 
+def object_criticality(frames: Frames, config: TriggerConfig, min_closing_mps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per object (k,): time to collision (s) and bumper gap in the ego's path (m), by
+    `criticality`, each the lesser of the value at the summary's instant and the vehicle's in-second
+    minimum (`min_ttc_s` / `min_distance_m`); inf where it does not apply or the object is invalid.
+
+    The instant's TTC: first overlap of the boxes within `criticality.horizon_s`, the object moving
+    with its relative velocity and its own acceleration estimate, the ego holding its velocity (what
+    happens if the ego does not react), for objects whose centre is ahead of the ego's. The gap
+    counts for objects whose box is laterally within `path_margin_m` of the ego's and whose gap is
+    within the lookahead (speed × `lookahead_s`, at least `ego_path.lookahead_m`).
+    """
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        c = config.criticality
+        r = frames.obj_row
+        ego_l = np.where(np.isnan(frames.ego_length_m), c.ego_length_m, frames.ego_length_m)[r]
+        ego_w = np.where(np.isnan(frames.ego_width_m), c.ego_width_m, frames.ego_width_m)[r]
+        cx = criticality.box_offsets(frames.obj_rel_x_m, frames.obj_length_m, ego_l, frames.bumper_gap[r])
+        hx, hy = 0.5 * (frames.obj_length_m + ego_l), 0.5 * (frames.obj_width_m + ego_w)
+        ahead = frames.obj_valid & (cx > 0)
+        # Only objects that can reach the ego's box within the horizon need the exact first overlap.
+        h = c.horizon_s
+        vx, vy, ax, ay = frames.obj_rel_vx_mps, frames.obj_rel_vy_mps, frames.obj_accel_x_mps2, frames.obj_accel_y_mps2
+        near = ahead & (cx - hx <= np.abs(vx) * h + 0.5 * np.abs(ax) * h * h) \
+            & (np.abs(frames.obj_rel_y_m) - hy <= np.abs(vy) * h + 0.5 * np.abs(ay) * h * h)
+        ttc = frames.obj_min_ttc_s.copy()
+        if near.any():
+            ttc[near] = np.minimum(ttc[near], criticality.time_to_collision(
+                cx[near], frames.obj_rel_y_m[near], vx[near], vy[near], hx[near], hy[near], h, min_closing_mps,
+                ax[near], ay[near]))
+        gap = np.maximum(cx - hx, 0.0)
+        reach = criticality.lookahead_m(frames.ego_speed_mps, c.lookahead_s, config.ego_path.lookahead_m)[r]
+        in_path = ahead & (np.abs(frames.obj_rel_y_m) - hy <= c.path_margin_m) & (gap <= reach)
+        dist = np.minimum(np.where(in_path, gap, np.inf), frames.obj_min_distance_m)
+        return ttc, dist
+
+    return frames.memo(("object_criticality", min_closing_mps), compute)
+
+
 @register
 class NearMiss(_SummaryTrigger):
-    """Time-to-collision or distance envelope below threshold against objects in the ego path.
+    """Time to collision or distance envelope below threshold (`criticality`, the one definition).
 
-    Per object: TTC (s) = `rel_x_m` / −`rel_vx_mps` for valid objects ahead within
-    `ego_path.half_width_m` that close faster than `min_closing_mps` (`criticality.time_to_collision`,
-    the one TTC definition, shared with the replay). A summary is active when its
-    minimum TTC is below `ttc_s`, or an in-path object is nearer than `min_distance_m` while the ego
-    moves faster than `min_speed_mps`. With `yield_to_hard_brake`, an encounter during which the
-    ego braked beyond `hard_decel.decel_mps2` is left to hard_brake (one event per incident). MPD.
+    A summary is active when the least TTC of its objects, or the summary's own in-second minimum
+    (`window_min_ttc_s`: objects already gone), is below `ttc_s`; or when an object in the path is
+    nearer than `min_distance_m` (the same with `window_min_distance_m`) while the ego moves faster
+    than `min_speed_mps` (see `object_criticality`). MPD.
+
+    Hand-over: with `yield_to_hard_brake`, an encounter is left to hard_brake only when hard_brake
+    fires on it. near_miss runs hard_brake's own class on the same samples (by construction the
+    same episodes and the same verdict) and holds an encounter until that verdict is known: a
+    hard-brake event overlapping the encounter (± 1 s, the summary period) takes it, otherwise
+    near_miss fires. So each encounter yields exactly one of the two events.
     """
 
     name = "near_miss"
@@ -92,17 +133,34 @@ class NearMiss(_SummaryTrigger):
     p: NearMissParams
     AGGS = {"neg_ttc": "max", "min_dist": "min", "decel": "max", "speed": "max"}
     PEAK = "neg_ttc"
+    SLACK_MS = 1000  # summaries are 1 s apart: an encounter reaches a second either side of its rows
 
     def __init__(self, spec: TriggerSpec, config: TriggerConfig) -> None:
         super().__init__(spec, config)
-        self.path = config.ego_path
-        self.hard_decel_mps2 = config.hard_decel.decel_mps2
+        self.config = config
+        hb = config.triggers.get("hard_brake")
+        self.shadow = (REGISTRY["hard_brake"](hb, config)
+                       if self.p.yield_to_hard_brake and hb is not None and hb.enabled else None)
+        self.pending: list[Episode] = []
+        self.brakes: list[tuple[int, int]] = []  # (onset, end) ms of the hard_brake events not yet outdated
+        self.seen_ms = -1
+
+    def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
+        if self.shadow is not None:
+            self.brakes += [(d.onset_ms, d.end_ms) for d in self.shadow.update(frames, horizon_ms)]
+        self.seen_ms = max(self.seen_ms, horizon_ms)
+        return super().update(frames, horizon_ms)
+
+    def finish(self) -> list[Detection]:
+        if self.shadow is not None:
+            self.brakes += [(d.onset_ms, d.end_ms) for d in self.shadow.finish()]
+            self.shadow = None  # every verdict is in
+        return self._detect(self.tracker.close())
 
     def rows(self, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        hw, la = self.path.half_width_m, self.path.lookahead_m
-        ttc = per_row_min(frames, in_path(frames, hw, la),
-                          time_to_collision(frames.obj_rel_x_m, -frames.obj_rel_vx_mps, self.p.min_closing_mps))
-        dist = nearest_in_path(frames, hw, la)
+        ttc_obj, dist_obj = object_criticality(frames, self.config, self.p.min_closing_mps)
+        ttc = np.minimum(per_row_min(frames, np.isfinite(ttc_obj), ttc_obj), frames.window_min_ttc_s)
+        dist = np.minimum(per_row_min(frames, np.isfinite(dist_obj), dist_obj), frames.window_min_distance_m)
         moving = frames.ego_speed_mps > self.p.min_speed_mps
         active = ((ttc < self.p.ttc_s) | ((dist < self.p.min_distance_m) & moving))[rows]
         values = {"neg_ttc": -ttc[rows], "min_dist": dist[rows], "decel": frames.max_decel_mps2[rows],
@@ -110,19 +168,50 @@ class NearMiss(_SummaryTrigger):
         return active, values
 
     def _detect(self, episodes: list[Episode]) -> list[Detection]:
-        out = []
-        for ep in episodes:
-            if self.p.yield_to_hard_brake and ep.aggs["decel"] >= self.hard_decel_mps2:
+        self.pending += episodes
+        out, keep = [], []
+        for ep in self.pending:
+            lo, hi = ep.start_ms - self.SLACK_MS, ep.end_ms + self.SLACK_MS
+            if any(onset <= hi and end >= lo for onset, end in self.brakes):
+                continue  # hard_brake fired on this encounter: its event is the one
+            if self.shadow is not None and not self._settled(hi):
+                keep.append(ep)
                 continue
-            min_ttc = -ep.aggs["neg_ttc"]
-            m = {"max_speed_mps": ep.aggs["speed"], "max_decel_mps2": max(ep.aggs["decel"], 0.0)}
-            if np.isfinite(min_ttc):
-                m["min_ttc_s"] = min_ttc
-            if np.isfinite(ep.aggs["min_dist"]):
-                m["min_distance_m"] = ep.aggs["min_dist"]
-            severity = 1.0 - min_ttc / self.p.ttc_s if np.isfinite(min_ttc) else 1.0
-            out.append(self.detection(severity, ep.start_ms, ep.peak_ms, ep.end_ms, m))
+            out.append(self._event(ep))
+        self.pending = keep
+        starts = [ep.start_ms for ep in keep] + ([self.tracker.open.start_ms] if self.tracker.open else [])
+        first = min(starts, default=self.seen_ms) - self.SLACK_MS
+        self.brakes = [(onset, end) for onset, end in self.brakes if end >= first]
         return out
+
+    def _settled(self, until_ms: int) -> bool:
+        """Whether hard_brake's verdict on everything up to `until_ms` is known: its samples were seen
+        and no hard-deceleration episode that began by then is still open."""
+        open_ep = self.shadow.tracker.open
+        return until_ms <= self.seen_ms and (open_ep is None or open_ep.start_ms > until_ms)
+
+    def _event(self, ep: Episode) -> Detection:
+        min_ttc = -ep.aggs["neg_ttc"]
+        m = {"max_speed_mps": ep.aggs["speed"], "max_decel_mps2": max(ep.aggs["decel"], 0.0)}
+        if np.isfinite(min_ttc):
+            m["min_ttc_s"] = min_ttc
+        if np.isfinite(ep.aggs["min_dist"]):
+            m["min_distance_m"] = ep.aggs["min_dist"]
+        severity = 1.0 - min_ttc / self.p.ttc_s if np.isfinite(min_ttc) else 1.0
+        return self.detection(severity, ep.start_ms, ep.peak_ms, ep.end_ms, m)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.tracker.snapshot(), "pending": [ep.snapshot() for ep in self.pending],
+                "brakes": self.brakes, "seen": self.seen_ms,
+                "shadow": self.shadow.snapshot() if self.shadow is not None else None}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.tracker.restore(state)
+        self.pending = [Episode.restore(d) for d in state["pending"]]
+        self.brakes = [(int(a), int(b)) for a, b in state["brakes"]]
+        self.seen_ms = int(state["seen"])
+        if self.shadow is not None and state["shadow"] is not None:
+            self.shadow.restore(state["shadow"])
 
 
 class PlannerUncertaintyParams(EpisodeGaps):

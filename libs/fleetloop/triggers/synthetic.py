@@ -21,7 +21,8 @@ PO = common_pb2.PerceivedObject
 @dataclass
 class SyntheticDrive:
     """One vehicle's drive: `speed_mps`, `accel_lon_mps2`, `yaw_rate_rps` (n = seconds × 10,),
-    `task_state` and `objects`/`costs`/flags per second (seconds,), `events` as (t_ms, VehicleEvent)."""
+    `task_state` and `objects`/`costs`/flags per second (seconds,), `events` as (t_ms, VehicleEvent),
+    `window_min_ttc_s` the summaries' in-second minimum TTC by second index (unset elsewhere)."""
 
     vehicle_id: str
     start_ms: int
@@ -35,6 +36,7 @@ class SyntheticDrive:
     maneuver: list[str]
     unprotected_turn: np.ndarray
     events: list[tuple[int, common_pb2.VehicleEvent]] = field(default_factory=list)
+    window_min_ttc_s: dict[int, float] = field(default_factory=dict)
 
     def t_ms(self) -> np.ndarray:
         return self.start_ms + np.arange(self.seconds * HZ, dtype=np.int64) * (1000 // HZ)
@@ -68,7 +70,7 @@ class SyntheticDrive:
                 schema_version=1, vehicle_id=vid, event_time_ms=sec_ms + 500, message_id=f"{vid}/perc/{sec_ms}",
                 perception=common_pb2.PerceptionSummary(
                     objects=self.objects[s], planner_top_costs=self.costs[s], maneuver=self.maneuver[s],
-                    unprotected_turn=bool(self.unprotected_turn[s]))))
+                    unprotected_turn=bool(self.unprotected_turn[s]), window_min_ttc_s=self.window_min_ttc_s.get(s))))
             while k < len(events) and events[k][0] < sec_ms + 1000:
                 t_ev, ev = events[k]
                 out.append(common_pb2.Envelope(schema_version=1, vehicle_id=vid, event_time_ms=t_ev,

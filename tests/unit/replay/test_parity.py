@@ -9,7 +9,7 @@ import torch
 from fleetloop.replay.costs import ego_frame
 from fleetloop.replay.parity import fired_triggers, rollout_frames
 from fleetloop.triggers import load_config
-from fleetloop.triggers.criticality import time_to_collision
+from fleetloop.triggers.criticality import longitudinal_ttc
 
 from tests.support.replaydata import DT, constant, drive, scenario
 
@@ -88,9 +88,9 @@ def test_replay_gap_is_the_trigger_gap_less_the_half_lengths() -> None:
     r = drive(scen, constant(scen, [0.0]))
     (f,) = rollout_frames(r, scen, [(0, 0)], CFG.section("sanity"))
     row = f.obj_row == 1                                  # one second after the current step
-    trigger_ttc = time_to_collision(f.obj_rel_x_m[row], -f.obj_rel_vx_mps[row], 0.5)
+    trigger_ttc = longitudinal_ttc(f.obj_rel_x_m[row], -f.obj_rel_vx_mps[row], 0.5)
     g = ego_frame(r, scen)
     step = 10 - 1                                         # future steps start one after the current step
-    replay_ttc = time_to_collision(g.gap_x[0, 0, 0, step], g.closing[0, 0, 0, step], 0.5)
+    replay_ttc = longitudinal_ttc(g.gap_x[0, 0, 0, step], g.closing[0, 0, 0, step], 0.5)
     assert trigger_ttc.tolist() == pytest.approx([5.0], abs=1e-5)
     assert float(replay_ttc) == pytest.approx(5.0 - 4.5 / 5.0, abs=1e-5)
