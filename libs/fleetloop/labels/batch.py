@@ -24,6 +24,7 @@ from fleetloop.codec import POSE_DTYPES
 from fleetloop.labels import codes as L
 from fleetloop.labels.row import LabelRow, label_columns
 from fleetloop.labels.taxonomy import WORD_BITS, Taxonomy
+from fleetloop.triggers import criticality
 from fleetloop.v1 import common_pb2 as pb
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -134,10 +135,11 @@ class _Objects:
     vy: np.ndarray
     conf: np.ndarray
     occl: np.ndarray
+    ax: np.ndarray  # the object's own acceleration along ego x (m/s², 0: none)
 
 
 def _objects(perceptions: Sequence[pb.PerceptionSummary | None]) -> _Objects:
-    seg, cls, x, y, vx, vy, conf, occl = [], [], [], [], [], [], [], []
+    seg, cls, x, y, vx, vy, conf, occl, ax = [], [], [], [], [], [], [], [], []
     for i, p in enumerate(perceptions):
         if p is None:
             continue
@@ -150,9 +152,10 @@ def _objects(perceptions: Sequence[pb.PerceptionSummary | None]) -> _Objects:
             vy.append(o.rel_vy_mps)
             conf.append(o.confidence)
             occl.append(o.emerged_from_occlusion)
+            ax.append(o.accel_x_mps2)
     return _Objects(np.asarray(seg, np.int64), np.asarray(cls, np.int32), np.asarray(x, np.float64),
                     np.asarray(y, np.float64), np.asarray(vx, np.float64), np.asarray(vy, np.float64),
-                    np.asarray(conf, np.float64), np.asarray(occl, bool))
+                    np.asarray(conf, np.float64), np.asarray(occl, bool), np.asarray(ax, np.float64))
 
 
 @dataclass
@@ -285,13 +288,15 @@ def label_seconds(seconds: Sequence[SecondParts], taxonomy: Taxonomy) -> LabelCo
     cand = np.flatnonzero(in_corridor)
     order = cand[np.lexsort((cand, o.x[cand], seg[cand]))]
     first = order[np.r_[True, seg[order][1:] != seg[order][:-1]]] if order.size else order
-    gap, closing = np.zeros(n), np.zeros(n)
+    gap, closing, accel = np.zeros(n), np.zeros(n), np.zeros(n)
     gap[seg[first]] = o.x[first]
     closing[seg[first]] = -o.vx[first]
+    accel[seg[first]] = o.ax[first]
     sink.value("agent.lead_distance_m", has_pc & has_lead, gap)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ttc = gap / closing
-    has_ttc = has_pc & has_lead & (closing > 0)
+    # The lead's TTC by the fleet's one definition, along the lane (no horizon, no minimum closing: a
+    # band, not a trigger); with the lead's acceleration when perception estimates one.
+    ttc = criticality.longitudinal_ttc(gap, closing, 0.0, accel)
+    has_ttc = has_pc & has_lead & np.isfinite(ttc)
     sink.value("agent.lead_ttc_s", has_ttc, ttc)
     lead_close = has_lead & ((gap < th["lead_close_distance_m"]) | (has_ttc & (ttc < th["lead_close_ttc_s"])))
     sink.tag("agent.lead_close", has_pc, lead_close)

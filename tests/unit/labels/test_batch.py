@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from fleetloop import topics
 from fleetloop.labels import load_taxonomy
 from fleetloop.labels.batch import SecondParts, label_seconds
@@ -63,3 +64,19 @@ def test_hand_built_edge_cases():
                                  for i in range(int(TX.thresholds["crowd_min_pedestrians"]))])),
     ]
     assert_same([SecondParts("veh-x", T0 + 1000 * i + 17, *c) for i, c in enumerate(cases)])
+
+
+def test_lead_ttc_band_uses_the_shared_definition_with_the_leads_braking():
+    # A lead 12 m ahead at our speed braking at 6 m/s² (the contract's accel_x_mps2): no TTC at constant
+    # velocity, sqrt(2 × 12 / 6) = 2 s by criticality.longitudinal_ttc, inside the 3 s "lead close" band.
+    # Without the estimate the band is what it always was (no TTC for an unchanging gap).
+    braking = pb.PerceivedObject(object_class=pb.OBJECT_CLASS_CAR, rel_x_m=12.0, rel_y_m=0.2, confidence=0.9,
+                                 accel_x_mps2=-6.0)
+    steady = pb.PerceivedObject(object_class=pb.OBJECT_CLASS_CAR, rel_x_m=12.0, rel_y_m=0.2, confidence=0.9)
+    batch = label_seconds([SecondParts("veh-1", T0, heartbeat(), pose(speed=10.0), perception([o]))
+                           for o in (braking, steady)], TX)
+    rows = batch.rows(TX)
+    assert rows[0].values["agent.lead_ttc_s"] == pytest.approx(2.0, abs=1e-6)
+    assert "agent.lead_ttc_s" not in rows[1].values
+    close = TX.tag("agent.lead_close").bit
+    assert rows[0].tags >> close & 1 and not rows[1].tags >> close & 1
