@@ -147,4 +147,6 @@ def test_vehicle_params_come_from_vehicle_yaml_and_bad_values_name_their_key(tmp
         load_vehicle_params(path)
     assert str(err.value).splitlines() == [
         f"{path}: ring_buffer.capacity_s: Input should be greater than 0 (got -1)",
-        f"{path}: raw.per_hour: unknown key"]
+        f"{path}: raw.per_hour: unknown key",
+        f"{path}: charging_sites: required key is missing",
+        f"{path}: replay_queue: required key is missing"]
