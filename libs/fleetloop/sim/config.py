@@ -14,6 +14,9 @@ INCIDENT_KINDS = ("hard_brake", "phantom_stop", "near_miss", "contact", "weaving
                   "call_for_help", "error_code", "operator_speech", "planner_uncertainty", "scene_complexity",
                   "offline", "park_blockage", "error_burst")
 PARK_KINDS = ("park_blockage", "error_burst")
+# Near-miss situation families (docs/INCIDENTS.md): scheduled only when
+# SimConfig.near_miss_families_per_vehicle_hour > 0, so the default output never changes.
+FAMILY_KINDS = ("cut_in", "sideswipe", "crossing_pedestrian", "lead_braking", "highway_closing", "short_encounter")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class SimConfig:
     vehicles: fleet size (~25 % trucks). start_ms: epoch ms of the first second. duration_s: seconds
     to simulate. seed: everything random derives from it. incidents_per_vehicle_hour: density of the
     random incident schedule, used when `incidents` is None; an explicit list replaces it.
+    near_miss_families_per_vehicle_hour: density of the near-miss situation families (`FAMILY_KINDS`,
+    each with its 10 Hz truth), added to either schedule from their own random stream; 0 (default)
+    adds none, so the default run stays byte-identical.
     """
 
     vehicles: int = 50
@@ -48,17 +54,21 @@ class SimConfig:
     seed: int = 7
     incidents_per_vehicle_hour: float = 0.8
     incidents: list[ScheduledIncident] | None = None
+    near_miss_families_per_vehicle_hour: float = 0.0
 
     def validate(self) -> None:
         if self.vehicles < 1:
             raise ValueError("vehicles must be >= 1")
         if self.duration_s < 1:
             raise ValueError("duration_s must be >= 1")
+        if self.near_miss_families_per_vehicle_hour < 0:
+            raise ValueError("near_miss_families_per_vehicle_hour must be >= 0")
         if not 2**35 <= self.start_ms < 2**42 - 1000 * self.duration_s:
             raise ValueError("start_ms must be an epoch-ms time between 1971 and 2109")
         for inc in self.incidents or []:
-            if inc.kind not in INCIDENT_KINDS:
-                raise ValueError(f"unknown incident kind {inc.kind!r}; known: {', '.join(INCIDENT_KINDS)}")
+            if inc.kind not in INCIDENT_KINDS + FAMILY_KINDS:
+                raise ValueError(f"unknown incident kind {inc.kind!r}; known: "
+                                 f"{', '.join(INCIDENT_KINDS + FAMILY_KINDS)}")
             if not 0 <= inc.vehicle_index < self.vehicles:
                 raise ValueError(f"incident vehicle_index {inc.vehicle_index} outside the fleet")
 

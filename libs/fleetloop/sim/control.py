@@ -129,6 +129,11 @@ class VehicleControls:
         """Add objects to vehicle i's perception of this second."""
         self._hooks.objects.setdefault(i, []).extend(objects)
 
+    def set_summary_fields(self, i: int, fields: common_pb2.PerceptionSummary) -> None:
+        """Summary-level fields of vehicle i's perception this second (e.g. the criticality contract's
+        position_reference, ego box and in-second minima); merged into the summary."""
+        self._hooks.summary[i] = fields
+
     def hide_lead(self, i: int) -> None:
         """Leave the simulated lead vehicle out of vehicle i's perception this second."""
         self._hooks.no_lead.add(i)

@@ -11,14 +11,18 @@ record ground truth). `IncidentBoard` holds the schedule and which vehicle each 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
-from fleetloop.sim.config import INCIDENT_KINDS, PARK_KINDS, ScheduledIncident, SimConfig
+from fleetloop.sim.config import FAMILY_KINDS, INCIDENT_KINDS, PARK_KINDS, ScheduledIncident, SimConfig
 from fleetloop.sim.control import VehicleControls
 from fleetloop.sim.ground_truth import Incident
 from fleetloop.sim.state import AUTO, MANUAL, REMOTE, RUNNING
 from fleetloop.sim.world import J_YIELD, Hold
+from fleetloop.triggers import criticality
+from fleetloop.triggers.config import TriggerConfig
+from fleetloop.triggers.config import load_config as load_trigger_config
 from fleetloop.v1 import common_pb2
 
 EV = common_pb2.VehicleEvent
@@ -681,14 +685,262 @@ class ErrorBurst(_ParkIncident):
         return member
 
 
+@lru_cache(maxsize=1)
+def _trigger_config() -> TriggerConfig:
+    """The packaged triggers.yaml: the vehicle computes its in-second minima by the fleet's rules."""
+    return load_trigger_config()
+
+
+class Encounter(Behaviour):
+    """A near-miss situation family: one object's scripted motion near the ego on a straight road,
+    with its truth from the 10 Hz states.
+
+    The object moves in the ground frame of the encounter's start (x along the road from the ego's
+    centre, y to the left): x = x0 + u τ + ½ a τ² (a braking object stops and stays), y moves at
+    `w` m/s between `lat_from_s` and `lat_to_s`; it exists from `appear_s` to `vanish_s`. The ego
+    holds its speed (an override at 0 m/s², so every 10 Hz step is seen) and brakes at
+    `react_decel_mps2` (below hard_decel's 4 m/s²) once its TTC falls below `react_ttc_s`, down to
+    the object's speed along the road.
+
+    At every 10 Hz step the vehicle side measures the object with `fleetloop.triggers.criticality`
+    (forward TTC of the boxes within the horizon, the bumper gap in the path) by triggers.yaml's
+    rules; each summary shows the object at its instant (bumper gap, relative velocity, the object's
+    acceleration) with the minima of the second ending there, and the summary's own window minima,
+    position reference (BUMPER_GAP) and ego box. Truth, over all 10 Hz states: the least TTC and the
+    least path gap while the ego moves faster than near_miss's `min_speed_mps`; the incident expects
+    near_miss exactly when near_miss's rule holds for them (TTC < `ttc_s` or gap < `min_distance_m`).
+    """
+
+    longest_s = 12.0
+    encounter_s: float = 7.0
+    min_speed_mps = 6.0
+    react_ttc_s = 1.5
+    react_decel_mps2 = 3.0
+
+    def ready(self, t_ms: int) -> bool:
+        return self.cruising(self.min_speed_mps, 40.0 + self.ctl.speed_mps(self.i) * self.encounter_s)
+
+    def start(self, t_ms: int) -> None:
+        super().start(t_ms)
+        ctl, i = self.ctl, self.i
+        cfg = _trigger_config()
+        self.crit, self.nm = cfg.criticality, cfg.triggers["near_miss"].params
+        self.reach_floor_m = cfg.ego_path.lookahead_m
+        self.s0, self.v0 = ctl.route_pos_m(i), ctl.speed_mps(i)
+        self.ego_l, self.ego_w = (9.0, 2.5) if ctl.vehicle(i).kind == "truck" else (4.6, 1.9)
+        self.track = ctl.new_track_id()
+        self.appear_s, self.vanish_s = 0.0, self.encounter_s
+        self.lat_from_s, self.lat_to_s, self.w = 0.0, 0.0, 0.0
+        self.a, self.brake_from_s = 0.0, 0.0
+        self.script()
+        self.hx, self.hy = 0.5 * (self.length + self.ego_l), 0.5 * (self.width + self.ego_w)
+        self.window: list[tuple[float, float]] = []
+        self.truth_ttc = self.truth_gap = math.inf
+        self.braking = False
+        self.override(0.0, 10.0)
+        self.measure(t_ms)
+
+    def script(self) -> None:
+        """Set the object: cls, length, width, x0, y0, u (and a, brake_from_s, w, lat_*, appear/vanish)."""
+        raise NotImplementedError
+
+    def object_at(self, tau: float) -> tuple[float, float, float, float, float] | None:
+        """Ground x, y (m), vx, vy (m/s) and ax (m/s²) of the object τ s into the encounter, None when absent."""
+        if not self.appear_s <= tau <= self.vanish_s:
+            return None
+        tb = max(tau - self.brake_from_s, 0.0)
+        stop_s = -self.u / self.a if self.a < 0 else math.inf
+        tb_eff = min(tb, stop_s)
+        x = self.x0 + self.u * tau + 0.5 * self.a * tb_eff * tb_eff
+        vx = self.u + self.a * tb_eff
+        ax = self.a if 0 < tb < stop_s else 0.0
+        tl = min(max(tau - self.lat_from_s, 0.0), self.lat_to_s - self.lat_from_s)
+        moving = self.lat_from_s <= tau < self.lat_to_s
+        return x, self.y0 + self.w * tl, vx, self.w if moving else 0.0, ax
+
+    def measure(self, t_ms: int) -> tuple[float, float, tuple | None]:
+        """TTC (s) and path gap (m) at `t_ms`, as the vehicle computes them, and the object's ego-frame state."""
+        ctl, i = self.ctl, self.i
+        tau = (t_ms - self.start_ms) / 1000.0
+        obj = self.object_at(tau)
+        if obj is None:
+            self.window.append((math.inf, math.inf))
+            return math.inf, math.inf, None
+        x, y, vx, vy, ax = obj
+        v = ctl.speed_mps(i)
+        cx, rvx = x - (ctl.route_pos_m(i) - self.s0), vx - v
+        c = self.crit
+        ttc = float(criticality.forward_ttc(cx, y, rvx, vy, self.hx, self.hy, c.horizon_s,
+                                            self.nm["min_closing_mps"], ax, 0.0))
+        reach = float(criticality.lookahead_m(v, c.lookahead_s, self.reach_floor_m))
+        gap = float(criticality.path_gap_m(cx, y, self.hx, self.hy, c.path_margin_m, reach))
+        self.window.append((ttc, gap))
+        self.truth_ttc = min(self.truth_ttc, ttc)
+        if v > self.nm["min_speed_mps"]:  # the distance envelope counts while the ego moves
+            self.truth_gap = min(self.truth_gap, gap)
+        return ttc, gap, (cx, y, rvx, vy, ax)
+
+    def on_substep(self, i: int, t_ms: int) -> None:
+        ttc, _, _ = self.measure(t_ms)
+        if not self.braking and ttc < self.react_ttc_s:
+            self.braking = True
+            self.override(-self.react_decel_mps2, 10.0)
+        elif self.braking and self.ctl.override_accel_mps2(i) < 0:
+            # brake down to the object's speed along the road (a follower's answer), then hold
+            obj = self.object_at((t_ms - self.start_ms) / 1000.0)
+            if self.ctl.speed_mps(i) <= max(obj[2] if obj else 0.0, 0.0) + 0.3:
+                self.override(0.0, 10.0)
+
+    def on_second(self, t_ms: int) -> None:
+        ctl, i = self.ctl, self.i
+        # This second's instant was measured by the last substep (or by start); the window ends here.
+        w_ttc = min((t for t, _ in self.window), default=math.inf)
+        w_gap = min((g for _, g in self.window), default=math.inf)
+        self.window = []
+        fields = common_pb2.PerceptionSummary(position_reference=common_pb2.POSITION_REFERENCE_BUMPER_GAP,
+                                              ego_length_m=self.ego_l, ego_width_m=self.ego_w)
+        if math.isfinite(w_ttc):
+            fields.window_min_ttc_s = w_ttc
+        if math.isfinite(w_gap):
+            fields.window_min_distance_m = w_gap
+        ctl.set_summary_fields(i, fields)
+        tau = (t_ms - self.start_ms) / 1000.0
+        if tau >= self.encounter_s:
+            self.end(t_ms)
+            return
+        obj = self.object_at(tau)
+        if obj is None:
+            ctl.hide_lead(i)
+            return
+        x, y, vx, vy, ax = obj
+        cx = x - (ctl.route_pos_m(i) - self.s0)
+        o = OBJ(track_id=self.track, object_class=self.cls, rel_x_m=cx - self.hx, rel_y_m=y,
+                rel_vx_mps=vx - ctl.speed_mps(i), rel_vy_mps=vy, length_m=self.length, width_m=self.width,
+                confidence=0.9, accel_x_mps2=ax)
+        if math.isfinite(w_ttc):
+            o.min_ttc_s = w_ttc
+        if math.isfinite(w_gap):
+            o.min_distance_m = w_gap
+        self.show(o)
+
+    def record(self) -> None:
+        near = self.truth_ttc < self.nm["ttc_s"] or self.truth_gap < self.nm["min_distance_m"]
+        self.expected = ("near_miss",) if near else ()
+        self.detail = {**self.detail, "family": self.kind, "truth_min_ttc_s": round(self.truth_ttc, 4)
+                       if math.isfinite(self.truth_ttc) else None,
+                       "truth_min_gap_m": round(self.truth_gap, 4) if math.isfinite(self.truth_gap) else None}
+        super().record()
+
+
+class CutIn(Encounter):
+    """A car in the next lane, 2-20 m ahead, closing at 0-6 m/s, moves into the ego's lane at 1-2 m/s."""
+
+    kind = "cut_in"
+
+    def script(self) -> None:
+        self.cls, self.length, self.width = common_pb2.OBJECT_CLASS_CAR, 4.6, 1.9
+        side = 1.0 if self.rng.random() < 0.5 else -1.0
+        self.x0 = 0.5 * (4.6 + self.ego_l) + self.uniform([2.0, 20.0])
+        self.y0, self.u = 3.5 * side, self.v0 - self.uniform([0.0, 6.0])
+        self.w = -side * self.uniform([1.0, 2.0])
+        self.lat_from_s = self.uniform([0.5, 1.5])
+        self.lat_to_s = self.lat_from_s + 3.5 / abs(self.w)
+
+
+class Sideswipe(Encounter):
+    """A car alongside and slightly ahead drifts toward the ego (0.3-1.5 m/s) from 3.6 m to 1.0-3.0 m
+    off its axis (TTC predicts the drift onward: a near miss when it would touch within 2 s)."""
+
+    kind = "sideswipe"
+
+    def script(self) -> None:
+        self.cls, self.length, self.width = common_pb2.OBJECT_CLASS_CAR, 4.6, 1.9
+        side = 1.0 if self.rng.random() < 0.5 else -1.0
+        self.x0, self.y0 = self.uniform([0.5, 3.0]), 3.6 * side
+        self.u = self.v0 + self.uniform([0.0, 0.5])
+        self.w = -side * self.uniform([0.3, 1.5])
+        self.lat_from_s = self.uniform([0.5, 1.5])
+        self.lat_to_s = self.lat_from_s + (3.6 - self.uniform([1.0, 3.0])) / abs(self.w)
+
+
+class CrossingPedestrian(Encounter):
+    """A pedestrian 1-2.5 s ahead steps from the kerb (3-5 m aside) and crosses at 1.2-3 m/s."""
+
+    kind = "crossing_pedestrian"
+
+    def script(self) -> None:
+        self.cls, self.length, self.width = common_pb2.OBJECT_CLASS_PEDESTRIAN, 0.5, 0.5
+        side = 1.0 if self.rng.random() < 0.5 else -1.0
+        self.x0 = 0.5 * (0.5 + self.ego_l) + self.v0 * self.uniform([1.0, 2.5])
+        self.y0, self.u = self.uniform([3.0, 5.0]) * side, 0.0
+        self.w = -side * self.uniform([1.2, 3.0])
+        self.lat_from_s, self.lat_to_s = 0.0, self.encounter_s
+
+
+class LeadBraking(Encounter):
+    """A lead at our speed 8-25 m ahead brakes at 2-7 m/s² to a stop."""
+
+    kind = "lead_braking"
+
+    def script(self) -> None:
+        self.cls, self.length, self.width = common_pb2.OBJECT_CLASS_CAR, 4.6, 1.9
+        self.x0 = 0.5 * (4.6 + self.ego_l) + self.uniform([8.0, 25.0])
+        self.y0, self.u = self.uniform([-0.3, 0.3]), self.v0
+        self.a, self.brake_from_s = -self.uniform([2.0, 7.0]), self.uniform([0.5, 1.5])
+
+
+class HighwayClosing(Encounter):
+    """A slow truck 45-60 m ahead, closing at 70-100 % of the ego's speed (at ≥ 12 m/s); in half of
+    them it changes lanes out of the way at 1.5-2.5 m/s."""
+
+    kind = "highway_closing"
+    min_speed_mps = 12.0
+    react_ttc_s = 1.2
+
+    def script(self) -> None:
+        self.cls, self.length, self.width = common_pb2.OBJECT_CLASS_TRUCK, 12.0, 2.5
+        self.x0 = 0.5 * (12.0 + self.ego_l) + self.uniform([45.0, 60.0])
+        self.y0, self.u = self.uniform([-0.3, 0.3]), self.v0 * (1.0 - self.uniform([0.7, 1.0]))
+        if self.rng.random() < 0.5:
+            self.w = self.uniform([1.5, 2.5]) * (1.0 if self.rng.random() < 0.5 else -1.0)
+            self.lat_from_s = self.uniform([0.0, 1.0])
+            self.lat_to_s = self.lat_from_s + 3.5 / abs(self.w)
+
+
+class ShortEncounter(Encounter):
+    """A cyclist swerves toward or into the ego's path for 0.3-0.7 s between two summaries: never in a
+    summary's objects, seen only through the summary's in-second minima."""
+
+    kind = "short_encounter"
+    encounter_s = 4.0
+
+    def script(self) -> None:
+        self.cls, self.length, self.width = common_pb2.OBJECT_CLASS_CYCLIST, 1.8, 0.6
+        side = 1.0 if self.rng.random() < 0.5 else -1.0
+        closing = self.uniform([4.0, 8.0])
+        self.x0 = 0.5 * (1.8 + self.ego_l) + closing * self.uniform([0.8, 3.0])
+        self.y0, self.u = 2.2 * side, self.v0 - closing
+        self.w = -side * self.uniform([1.5, 4.0])
+        self.appear_s = 1.0 + self.uniform([0.15, 0.25])
+        self.vanish_s = self.appear_s + self.uniform([0.3, 0.7])
+        self.lat_from_s, self.lat_to_s = self.appear_s, self.vanish_s
+
+
+FAMILIES: dict[str, type[Encounter]] = {
+    "cut_in": CutIn, "sideswipe": Sideswipe, "crossing_pedestrian": CrossingPedestrian,
+    "lead_braking": LeadBraking, "highway_closing": HighwayClosing, "short_encounter": ShortEncounter,
+}
+assert set(FAMILIES) == set(FAMILY_KINDS)
+
+
 KINDS: dict[str, type[Behaviour]] = {
     "hard_brake": HardBrake, "phantom_stop": PhantomStop, "near_miss": NearMiss, "contact": Contact,
     "weaving": Weaving, "stop_not_go": StopNotGo, "takeover": Takeover, "call_for_help": CallForHelp,
     "error_code": ErrorCode, "operator_speech": OperatorSpeech, "planner_uncertainty": PlannerUncertainty,
     "scene_complexity": SceneComplexity, "offline": Offline, "park_blockage": ParkBlockage,
-    "error_burst": ErrorBurst,
+    "error_burst": ErrorBurst, **FAMILIES,
 }
-assert set(KINDS) == set(INCIDENT_KINDS)
+assert set(KINDS) == set(INCIDENT_KINDS) | set(FAMILY_KINDS)
 
 
 def random_schedule(ctl: VehicleControls, cfg: SimConfig) -> list[ScheduledIncident]:
@@ -715,9 +967,29 @@ def random_schedule(ctl: VehicleControls, cfg: SimConfig) -> list[ScheduledIncid
     return out
 
 
+def family_schedule(ctl: VehicleControls, cfg: SimConfig) -> list[ScheduledIncident]:
+    """The near-miss situation families at `cfg.near_miss_families_per_vehicle_hour` (none at 0): per
+    vehicle, exponential gaps after the first minutes, families drawn uniformly, from their own stream."""
+    if cfg.near_miss_families_per_vehicle_hour <= 0:
+        return []
+    q = ctl.params["incidents"]
+    rng = np.random.default_rng([cfg.seed, 5])
+    mean_gap = 3600.0 / cfg.near_miss_families_per_vehicle_hour
+    out = []
+    for i in range(ctl.vehicle_count):
+        t = q["first_at_s"] + rng.exponential(mean_gap)
+        while t < cfg.duration_s:
+            kind = FAMILY_KINDS[int(rng.integers(len(FAMILY_KINDS)))]
+            out.append(ScheduledIncident(kind=kind, vehicle_index=i, at_s=float(round(t, 1))))
+            t += Encounter.longest_s + q["min_gap_s"] + rng.exponential(mean_gap)
+    return out
+
+
 def build_schedule(ctl: VehicleControls, board: IncidentBoard, cfg: SimConfig) -> list[Behaviour]:
-    """Behaviours for the explicit `cfg.incidents`, or for a random schedule, in start-time order."""
+    """Behaviours for the explicit `cfg.incidents`, or for a random schedule, plus the near-miss
+    families when asked for, in start-time order."""
     scheduled = cfg.incidents if cfg.incidents is not None else random_schedule(ctl, cfg)
+    scheduled = list(scheduled) + family_schedule(ctl, cfg)  # appended: the others keep their rng streams
     order = sorted(range(len(scheduled)), key=lambda k: (scheduled[k].at_s, k))
     out = []
     for n, k in enumerate(order):

@@ -26,8 +26,11 @@ class PerceptionHooks:
     no_lead: set[int] = field(default_factory=set)  # the lead is hidden
     planner_costs: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # replace the drawn ones
     unprotected_turn: set[int] = field(default_factory=set)
+    # summary-level fields (the criticality contract: position reference, ego box, in-second minima)
+    summary: dict[int, common_pb2.PerceptionSummary] = field(default_factory=dict)
 
     def clear(self) -> None:
+        self.summary.clear()
         self.objects.clear()
         self.no_lead.clear()
         self.planner_costs.clear()
@@ -102,4 +105,6 @@ class Perception:
                for i in range(n)]
         for i, extra in hooks.objects.items():
             out[i] += b"".join(wire.length_delimited(wire.K_OBJECTS, o.SerializeToString()) for o in extra)
+        for i, fields in hooks.summary.items():
+            out[i] += fields.SerializeToString()  # concatenated protobuf messages merge their fields
         return out

@@ -23,6 +23,8 @@ Measures (sources as in triggers.yaml's `criticality` section):
 
 - `time_to_collision`: the first time within `horizon_s` at which the predicted boxes overlap (0 if
   they overlap now), counted only when the relative speed then is at least `min_closing_mps`;
+- `forward_ttc`, `path_gap_m`: TTC of objects ahead and the bumper gap of objects in the path, what
+  near_miss and the vehicle's in-second minima measure;
 - `longitudinal_ttc`: its one-dimensional case (gap ahead and closing speed only), the form the
   labels' lead TTC and the replay's bumper-gap TTC take;
 - `time_headway`: bumper gap over the ego's speed;
@@ -142,6 +144,31 @@ def time_to_collision(rel_x_m: Array, rel_y_m: Array, rel_vx_mps: Array, rel_vy_
     at = ops.where(finite, first, ops.full(first, 0.0))
     speed = ops.hypot(vx + ax * at, vy + ay * at)
     return ops.where(finite & (speed >= min_closing_mps) & (speed > 0), first, ops.full(first, float("inf")))
+
+
+def forward_ttc(rel_x_m: Array, rel_y_m: Array, rel_vx_mps: Array, rel_vy_mps: Array, half_x_m: Array,
+                half_y_m: Array, horizon_s: float, min_closing_mps: float = 0.0, rel_ax_mps2: Array | float = 0.0,
+                rel_ay_mps2: Array | float = 0.0) -> Array:
+    """`time_to_collision` for objects whose box centre is ahead of the ego's (rel_x_m > 0), inf for
+    the others: what near_miss and the vehicle's in-second minima count (being run into from
+    behind is not the ego's near miss)."""
+    ttc = time_to_collision(rel_x_m, rel_y_m, rel_vx_mps, rel_vy_mps, half_x_m, half_y_m, horizon_s,
+                            min_closing_mps, rel_ax_mps2, rel_ay_mps2)
+    ops = _ops(ttc)
+    return ops.where(ops.asarray(rel_x_m) > 0, ttc, ops.full(ttc, float("inf")))
+
+
+def path_gap_m(rel_x_m: Array, rel_y_m: Array, half_x_m: Array, half_y_m: Array, margin_m: float,
+               reach_m: Array | float) -> Array:
+    """Bumper gap (m, ≥ 0) to an object in the ego's path, inf for the others: its centre ahead of the
+    ego's, its box laterally within `margin_m` of the ego's (|y| − half_y ≤ margin) and its gap within
+    `reach_m` (see `lookahead_m`). The distance near_miss's envelope and `min_distance_m` measure."""
+    ops = _ops(rel_x_m, rel_y_m, half_x_m, half_y_m, reach_m)
+    cx, cy, hx, hy = (ops.asarray(v) for v in (rel_x_m, rel_y_m, half_x_m, half_y_m))
+    gap = cx - hx
+    gap = ops.where(gap > 0, gap, ops.full(gap, 0.0))
+    inside = (cx > 0) & (abs(cy) - hy <= margin_m) & (gap <= ops.asarray(reach_m))
+    return ops.where(inside, gap, ops.full(gap, float("inf")))
 
 
 def longitudinal_ttc(gap_m: Array, closing_mps: Array, min_closing_mps: float,

@@ -99,13 +99,12 @@ def object_criticality(frames: Frames, config: TriggerConfig, min_closing_mps: f
             & (np.abs(frames.obj_rel_y_m) - hy <= np.abs(vy) * h + 0.5 * np.abs(ay) * h * h)
         ttc = frames.obj_min_ttc_s.copy()
         if near.any():
-            ttc[near] = np.minimum(ttc[near], criticality.time_to_collision(
+            ttc[near] = np.minimum(ttc[near], criticality.forward_ttc(
                 cx[near], frames.obj_rel_y_m[near], vx[near], vy[near], hx[near], hy[near], h, min_closing_mps,
                 ax[near], ay[near]))
-        gap = np.maximum(cx - hx, 0.0)
         reach = criticality.lookahead_m(frames.ego_speed_mps, c.lookahead_s, config.ego_path.lookahead_m)[r]
-        in_path = ahead & (np.abs(frames.obj_rel_y_m) - hy <= c.path_margin_m) & (gap <= reach)
-        dist = np.minimum(np.where(in_path, gap, np.inf), frames.obj_min_distance_m)
+        gap = criticality.path_gap_m(cx, frames.obj_rel_y_m, hx, hy, c.path_margin_m, reach)
+        dist = np.minimum(np.where(frames.obj_valid, gap, np.inf), frames.obj_min_distance_m)
         return ttc, dist
 
     return frames.memo(("object_criticality", min_closing_mps), compute)
