@@ -582,77 +582,150 @@ def ranking_key(report: costs.CostReport) -> torch.Tensor:
 
 def _search_chunk(scen: ScenarioBatch, world: Any, policy: Planner | None, config: ReplayConfig,
                   p: SearchSettings, bounds: BicycleBounds, seed: int) -> SearchResult:
-    n_s, n_t, k0, dev = scen.n_scenarios, scen.n_steps, scen.current_step, scen.device
-    span = slice(k0, n_t - 1)                                   # the steps whose action moves the ego
-    n_h = n_t - 1 - k0
-    scorer = _Scorer(world, config)
+    chunk = SlicedSearch(scen, world, policy, config, seed, settings=p, bounds=bounds)
+    chunk.advance(p.iterations)
+    return chunk.finish()
 
-    base_actions = world.baseline_actions(scen)
-    baseline = world.rollout(scen, base_actions[:, None])
-    base_report = costs.evaluate(baseline, scen, baseline, config)
-    base_objectives = base_report.objectives[:, 0]
 
-    ref = lane_reference(scen, p.lane_max_heading_error_rad)
-    seeds = [base_actions[:, None], ProposalSet(p, bounds).compute(scen, world, ref)]
-    if policy is not None:
-        planned = policy.plan(scen, world)
-        if tuple(planned.shape) != (n_s, n_t, 2):
-            raise ValueError(f"policy plan has shape {tuple(planned.shape)}, expected {(n_s, n_t, 2)}")
-        seeds.append(planned[:, None])
-    seed_actions = torch.cat(seeds, 1)
-    source = torch.tensor([0] + [1] * seeds[1].shape[1] + [2] * (policy is not None), device=dev)
-    rollout, report, objectives, key = scorer.compute(scen, baseline, seed_actions)
-    applied = rollout.ego_actions[:, :, span]
-    archive = Archive.empty(n_s, n_h, p.archive_size, dev).merge(applied, objectives, key,
-                                                                 source.expand(n_s, -1), p.archive_size)
-    stopped = dominates_baseline(report.objectives, report.gates_pass, base_objectives, p.early_stop_margin,
-                                 p.early_stop_tolerance)
-    iterations = torch.zeros(n_s, dtype=torch.long, device=dev)
-    candidates = torch.full((n_s,), seed_actions.shape[1], dtype=torch.long, device=dev)
+STATE_VERSION = 1
+_STATE_TENSORS = ("mean", "std", "carried_actions", "carried_key", "iterations", "candidates", "stopped")
 
-    # The refinement starts from the best seed with the configured spread.
-    lo = torch.tensor([-bounds.decel_max_mps2, -bounds.curvature_max_inv_m], device=dev)
-    hi = torch.tensor([bounds.accel_max_mps2, bounds.curvature_max_inv_m], device=dev)
-    best = key.argmin(1)
-    mean = applied[torch.arange(n_s, device=dev), best]                                # [S, H, 2]
-    std = torch.tensor([p.init_std_accel_mps2, p.init_std_curvature_pm], device=dev).expand(n_s, n_h, 2).clone()
-    min_std = torch.tensor([p.min_std_accel_mps2, p.min_std_curvature_pm], device=dev)
-    cem = CrossEntropy(p, min_std)
-    mppi = Mppi(p)
-    keep = key.topk(min(p.keep_elites, key.shape[1]), dim=1, largest=False).indices
-    carried = (take_candidates(applied, keep), key.gather(1, keep))                     # CEM's elites
-    knots = knot_matrix(n_h, max(1, round(p.knot_spacing_s / scen.dt_s)), dev)         # [H, K]
-    generators = [torch.Generator().manual_seed(scenario_seed(seed, m.scenario_id)) for m in scen.meta]
-    n_c = p.candidates_per_iteration
-    for _ in range(p.iterations):
-        active = (~stopped).nonzero()[:, 0]
-        if active.numel() == 0:
-            break
-        noise = torch.stack([torch.randn(n_c, knots.shape[1], 2, generator=generators[i])
-                             for i in active.tolist()]).to(dev)                         # [S', N, K, 2]
-        smooth = torch.einsum("hk,snkc->snhc", knots, noise)
-        samples = torch.maximum(torch.minimum(mean[active, None] + std[active, None] * smooth, hi), lo)
-        actions = torch.zeros(active.numel(), n_c, n_t, 2, device=dev)
-        actions[:, :, span] = samples
-        sub = scen if active.numel() == n_s else scen.select(active)
-        rollout, report, objectives, key = scorer.compute(sub, take_scenarios(baseline, active, n_s), actions)
+
+class SlicedSearch:
+    """The search of one chunk of scenarios (at most `search.max_rows` candidate rollouts per world call),
+    run a slice of refinement iterations at a time: `advance(n)` runs up to n more, `snapshot()` is its
+    progress as CPU tensors (`torch.save`-able) and `SlicedSearch(..., resume_state=snapshot)` continues
+    from it; `finish()` is the `SearchResult`. However it is sliced, paused and resumed, the answer is the
+    one `search` gives with the same seed (the same operations in the same order, the noise generators'
+    states carried in the snapshot).
+
+    Building it rolls the baseline out; without `resume_state` it also scores the seeds (the proposals and
+    the policy's plan), with it the policy is not consulted. Raises ValueError for a snapshot of another
+    version, another seed or other scenarios.
+    """
+
+    def __init__(self, scen: ScenarioBatch, world: Any, policy: Planner | None, config: ReplayConfig,
+                 seed: int = 0, *, resume_state: Mapping[str, Any] | None = None,
+                 settings: SearchSettings | None = None, bounds: BicycleBounds | None = None) -> None:
+        p = self.p = settings or SearchSettings.from_config(config)
+        bounds = bounds or BicycleBounds.from_config(config.section("dynamics"))
+        self.scen, self.config, self.seed = scen, config, seed
+        n_s, n_t, k0, dev = scen.n_scenarios, scen.n_steps, scen.current_step, scen.device
+        self.span = span = slice(k0, n_t - 1)                        # the steps whose action moves the ego
+        n_h = n_t - 1 - k0
+        self.scorer = _Scorer(world, config)
+        base_actions = world.baseline_actions(scen)
+        self.baseline = world.rollout(scen, base_actions[:, None])
+        self.base_report = costs.evaluate(self.baseline, scen, self.baseline, config)
+        self.base_objectives = self.base_report.objectives[:, 0]
+        self.lo = torch.tensor([-bounds.decel_max_mps2, -bounds.curvature_max_inv_m], device=dev)
+        self.hi = torch.tensor([bounds.accel_max_mps2, bounds.curvature_max_inv_m], device=dev)
+        self.cem = CrossEntropy(p, torch.tensor([p.min_std_accel_mps2, p.min_std_curvature_pm], device=dev))
+        self.mppi = Mppi(p)
+        self.knots = knot_matrix(n_h, max(1, round(p.knot_spacing_s / scen.dt_s)), dev)   # [H, K]
+        self.generators = [torch.Generator().manual_seed(scenario_seed(seed, m.scenario_id)) for m in scen.meta]
+        if resume_state is not None:
+            self._build(resume_state)
+            return
+        self.passes = 0                                              # refinement loop passes run so far
+        ref = lane_reference(scen, p.lane_max_heading_error_rad)
+        seeds = [base_actions[:, None], ProposalSet(p, bounds).compute(scen, world, ref)]
+        if policy is not None:
+            planned = policy.plan(scen, world)
+            if tuple(planned.shape) != (n_s, n_t, 2):
+                raise ValueError(f"policy plan has shape {tuple(planned.shape)}, expected {(n_s, n_t, 2)}")
+            seeds.append(planned[:, None])
+        seed_actions = torch.cat(seeds, 1)
+        source = torch.tensor([0] + [1] * seeds[1].shape[1] + [2] * (policy is not None), device=dev)
+        rollout, report, objectives, key = self.scorer.compute(scen, self.baseline, seed_actions)
         applied = rollout.ego_actions[:, :, span]
-        if p.method == "cem":
-            mean[active], std[active], (carried[0][active], carried[1][active]) = cem.compute(
-                mean[active], std[active], applied, key, (carried[0][active], carried[1][active]))
-        else:
-            mean[active], std[active] = mppi.compute(mean[active], std[active], applied, key, report.gates_pass)
-        merged = take_scenarios(archive, active, n_s).merge(applied, objectives, key,
-                                                            torch.full_like(key, 3, dtype=torch.long),
-                                                            p.archive_size)
-        for f in fields(Archive):
-            getattr(archive, f.name)[active] = getattr(merged, f.name)
-        iterations[active] += 1
-        candidates[active] += n_c
-        stopped[active] |= dominates_baseline(report.objectives, report.gates_pass, base_objectives[active],
-                                              p.early_stop_margin, p.early_stop_tolerance)
-    return _finish(scen, config, p, scorer, baseline, base_report, archive, iterations, candidates,
-                   stopped, seed)
+        self.archive = Archive.empty(n_s, n_h, p.archive_size, dev).merge(applied, objectives, key,
+                                                                          source.expand(n_s, -1), p.archive_size)
+        self.stopped = dominates_baseline(report.objectives, report.gates_pass, self.base_objectives,
+                                          p.early_stop_margin, p.early_stop_tolerance)
+        self.iterations = torch.zeros(n_s, dtype=torch.long, device=dev)
+        self.candidates = torch.full((n_s,), seed_actions.shape[1], dtype=torch.long, device=dev)
+        # The refinement starts from the best seed with the configured spread.
+        best = key.argmin(1)
+        self.mean = applied[torch.arange(n_s, device=dev), best]                          # [S, H, 2]
+        self.std = torch.tensor([p.init_std_accel_mps2, p.init_std_curvature_pm],
+                                device=dev).expand(n_s, n_h, 2).clone()
+        keep = key.topk(min(p.keep_elites, key.shape[1]), dim=1, largest=False).indices
+        self.carried_actions, self.carried_key = take_candidates(applied, keep), key.gather(1, keep)  # CEM's elites
+
+    @property
+    def done(self) -> bool:
+        """True once every iteration ran or every scenario stopped early."""
+        return self.passes >= self.p.iterations or bool(self.stopped.all())
+
+    def advance(self, iterations: int) -> bool:
+        """Run up to `iterations` more refinement iterations; returns `done`."""
+        p, scen, dev = self.p, self.scen, self.scen.device
+        n_s, n_t, span, n_c = scen.n_scenarios, scen.n_steps, self.span, p.candidates_per_iteration
+        for _ in range(max(0, min(iterations, p.iterations - self.passes))):
+            active = (~self.stopped).nonzero()[:, 0]
+            if active.numel() == 0:
+                break
+            self.passes += 1
+            noise = torch.stack([torch.randn(n_c, self.knots.shape[1], 2, generator=self.generators[i])
+                                 for i in active.tolist()]).to(dev)                     # [S', N, K, 2]
+            smooth = torch.einsum("hk,snkc->snhc", self.knots, noise)
+            samples = torch.maximum(torch.minimum(self.mean[active, None] + self.std[active, None] * smooth,
+                                                  self.hi), self.lo)
+            actions = torch.zeros(active.numel(), n_c, n_t, 2, device=dev)
+            actions[:, :, span] = samples
+            sub = scen if active.numel() == n_s else scen.select(active)
+            rollout, report, objectives, key = self.scorer.compute(sub, take_scenarios(self.baseline, active, n_s),
+                                                                   actions)
+            applied = rollout.ego_actions[:, :, span]
+            if p.method == "cem":
+                carried = (self.carried_actions[active], self.carried_key[active])
+                self.mean[active], self.std[active], (self.carried_actions[active], self.carried_key[active]) = \
+                    self.cem.compute(self.mean[active], self.std[active], applied, key, carried)
+            else:
+                self.mean[active], self.std[active] = self.mppi.compute(self.mean[active], self.std[active], applied,
+                                                                        key, report.gates_pass)
+            merged = take_scenarios(self.archive, active, n_s).merge(applied, objectives, key,
+                                                                     torch.full_like(key, 3, dtype=torch.long),
+                                                                     p.archive_size)
+            for f in fields(Archive):
+                getattr(self.archive, f.name)[active] = getattr(merged, f.name)
+            self.iterations[active] += 1
+            self.candidates[active] += n_c
+            self.stopped[active] |= dominates_baseline(report.objectives, report.gates_pass,
+                                                       self.base_objectives[active], p.early_stop_margin,
+                                                       p.early_stop_tolerance)
+        return self.done
+
+    def snapshot(self) -> dict[str, Any]:
+        """The progress so far: the refinement's distribution, CEM's elites, the archive, the counters and
+        each scenario's noise generator state, as CPU tensors; plus the version, seed and scenario ids."""
+        state: dict[str, Any] = {"version": STATE_VERSION, "seed": self.seed, "passes": self.passes,
+                                 "scenario_ids": [m.scenario_id for m in self.scen.meta],
+                                 "generators": [g.get_state() for g in self.generators]}
+        state.update({name: getattr(self, name).cpu() for name in _STATE_TENSORS})
+        state.update({f"archive.{f.name}": getattr(self.archive, f.name).cpu() for f in fields(Archive)})
+        return state
+
+    def _build(self, state: Mapping[str, Any]) -> None:
+        ids = [m.scenario_id for m in self.scen.meta]
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"search snapshot version {state.get('version')!r}, expected {STATE_VERSION}")
+        if state["seed"] != self.seed or list(state["scenario_ids"]) != ids:
+            raise ValueError(f"search snapshot of seed {state['seed']} and scenarios {list(state['scenario_ids'])} "
+                             f"resumed with seed {self.seed} and scenarios {ids}")
+        dev = self.scen.device
+        self.passes = int(state["passes"])
+        for name in _STATE_TENSORS:
+            setattr(self, name, state[name].to(dev).clone())
+        self.archive = Archive(**{f.name: state[f"archive.{f.name}"].to(dev).clone() for f in fields(Archive)})
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+
+    def finish(self) -> SearchResult:
+        """The result of the iterations run so far (`search`'s, once `done`)."""
+        return _finish(self.scen, self.config, self.p, self.scorer, self.baseline, self.base_report, self.archive,
+                       self.iterations, self.candidates, self.stopped, self.seed)
 
 
 def _finish(scen: ScenarioBatch, config: ReplayConfig, p: SearchSettings, scorer: _Scorer,
