@@ -13,7 +13,10 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 TIERS = frozenset({"microlog", "minilog", "raw"})
 SHA256_HEX = frozenset("0123456789abcdef")
-_OBJECT_FLOATS = ("rel_x_m", "rel_y_m", "rel_vx_mps", "rel_vy_mps", "length_m", "width_m", "confidence")
+_OBJECT_FLOATS = ("rel_x_m", "rel_y_m", "rel_vx_mps", "rel_vy_mps", "length_m", "width_m", "confidence",
+                  "accel_x_mps2", "accel_y_mps2", "min_ttc_s", "min_distance_m")
+# The criticality contract's summary fields (common.proto): unset reads 0, which is finite.
+_SUMMARY_FLOATS = ("speed_limit_mps", "ego_length_m", "ego_width_m", "window_min_ttc_s", "window_min_distance_m")
 
 
 def check_event(event: common_pb2.VehicleEvent) -> None:
@@ -25,7 +28,8 @@ def check_event(event: common_pb2.VehicleEvent) -> None:
 
 def check_perception(summary: common_pb2.PerceptionSummary) -> None:
     """Plausibility of one perception summary (lane numbers land in UInt8 columns); raises Rejected."""
-    finite("speed_limit_mps", summary.speed_limit_mps)
+    for name in _SUMMARY_FLOATS:
+        finite(name, getattr(summary, name))
     lanes = LIMITS.perception.max_lane_count
     if summary.lane_count > lanes or summary.lane_index >= lanes:
         raise Rejected("out_of_range", f"lane_count={summary.lane_count} lane_index={summary.lane_index}, "

@@ -118,6 +118,18 @@ def test_plausibility_runs_in_decode() -> None:
     assert reason(topics.EVENTS, event(kind=0).SerializeToString()) == "absurd_value"
 
 
+def test_criticality_fields_must_be_finite() -> None:
+    # The contract's in-second minima are left unset for "none", never sent as inf or NaN.
+    for name in ("accel_x_mps2", "min_ttc_s", "min_distance_m"):
+        obj = common_pb2.PerceivedObject(track_id=3, **{name: float("inf")})
+        assert reason(topics.PERCEPTION, perception(objects=[obj]).SerializeToString()) == "non_finite", name
+    for name in ("window_min_ttc_s", "ego_length_m"):
+        assert reason(topics.PERCEPTION, perception(**{name: float("nan")}).SerializeToString()) == "non_finite", name
+    ok = common_pb2.PerceivedObject(track_id=3, min_ttc_s=0.8, accel_x_mps2=-6.0)
+    raw = perception(objects=[ok], window_min_ttc_s=0.8, position_reference=1).SerializeToString()
+    assert codec.decode(topics.PERCEPTION, VEHICLE.encode(), raw).perception.window_min_ttc_s == pytest.approx(0.8)
+
+
 def test_trigger_decoder_is_strict_for_cases_and_loose_for_counting() -> None:
     trigger = triggers_pb2.TriggerEvent(trigger_id="t1", vehicle_id=VEHICLE, onset_ms=T0_MS, end_ms=T0_MS,
                                         window_pre_s=7200)
