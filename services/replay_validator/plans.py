@@ -45,8 +45,9 @@ class ValidatorConfig(ConfigModel):
     map: MapConfig
 
 
-def load_validator_config(path: Path = CONFIG) -> ValidatorConfig:
-    return load_yaml(path, ValidatorConfig)
+def load_validator_config(path: Path | None = None) -> ValidatorConfig:
+    """validator.yaml at `path`, default the packaged one (`CONFIG`, read when called)."""
+    return load_yaml(path or CONFIG, ValidatorConfig)
 
 
 class Unplannable(ValueError):

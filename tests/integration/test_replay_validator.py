@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from fleetloop import tables, topics
 from fleetloop.bus import Bus, ensure_topics
 from fleetloop.commands.replay import app as replay_cli
@@ -28,6 +34,7 @@ from typer.testing import CliRunner
 
 from services.case_assembler import rows as case_rows
 from services.case_assembler.service import MIGRATIONS as CASE_MIGRATIONS
+from services.replay_validator.plans import CONFIG as CONFIG_PATH
 from services.replay_validator.plans import MapConfig, load_validator_config
 from services.replay_validator.service import MIGRATIONS, ReplayValidator
 from tests.conftest import Running, truncate_owned_tables, wait_until
@@ -101,23 +108,41 @@ async def send(bootstrap: str, messages) -> None:
         await bus.stop()
 
 
+class TopicReader:
+    """Reads a topic from its beginning, without a consumer group (no rebalance to wait for); `poll`
+    returns what arrived since the last call."""
+
+    def __init__(self, bootstrap: str, topic: str, message_type) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.topic, self.message_type = topic, message_type
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        self.consumer.assign([TopicPartition(self.topic, p) for p in range(topics.DEFAULT_PARTITIONS)])
+        await self.consumer.seek_to_beginning()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.consumer.stop()
+
+    async def poll(self) -> list:
+        batch = await self.consumer.getmany(timeout_ms=200)
+        out = []
+        for m in (m for records in batch.values() for m in records):
+            message = self.message_type()
+            message.ParseFromString(m.value)
+            out.append(message)
+        return out
+
+
 async def read_topic(bootstrap: str, topic: str, message_type, settle_s: float = 1.0) -> list:
     """Everything on `topic` so far (reads until it has been quiet for `settle_s`)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=f"reader-{topic}-{id(message_type)}")
-    await consumer.start()
-    out, quiet = [], 0.0
-    try:
+    async with TopicReader(bootstrap, topic, message_type) as reader:
+        out, quiet = [], 0.0
         while quiet < settle_s:
-            batch = await consumer.getmany(timeout_ms=200)
-            got = [m for records in batch.values() for m in records]
+            got = await reader.poll()
             quiet = 0.0 if got else quiet + 0.2
-            for m in got:
-                message = message_type()
-                message.ParseFromString(m.value)
-                out.append(message)
-    finally:
-        await consumer.stop()
+            out += got
     return out
 
 
@@ -283,6 +308,118 @@ async def test_replay_service_answers_and_refuses_bad_calls_with_the_field_named
                 vehicle_id=incidents[0].vehicle_id, verdict=solution.verdict, page_size=1))
             assert [s.solution_id for s in page.solutions] == [asked.solution_id] and page.next_page_token == ""
 
+        # `fleetloop replay case` waits for the solution (here: already there) and prints it
+        env = {"FLEETLOOP_REPLAY_GRPC": f"127.0.0.1:{validator.grpc_port}"}
+        done = await asyncio.to_thread(CliRunner().invoke, replay_cli, ["case", "case-a"], env=env)
+        assert done.exit_code == 0, done.output
+        assert f"solution {asked.solution_id} (already solved)" in done.output and "cost term" in done.output
+        refused = await asyncio.to_thread(CliRunner().invoke, replay_cli, ["case", "case-a", "--policy", "bc@7"],
+                                          env=env)
+        assert refused.exit_code == 2 and "INVALID_ARGUMENT: policy: unknown policy 'bc@7'" in refused.output
+
 
 async def _serving(service) -> bool:
     return service.grpc_port != 0
+
+
+# --- SIGKILL mid-batch, then restart: every requested case solved exactly once ---------------------------------
+
+KILLED_CASES = 8
+# `fleetloop serve replay-validator` with the test's validator.yaml (argv[1]): quick budget, no map, two scenes
+# per search call, so one batch of eight requests writes its pairs over several calls before its messages.
+SERVE = ("import sys; from pathlib import Path; from services.replay_validator import plans; "
+         "plans.CONFIG = Path(sys.argv[1]); from fleetloop.cli import app; "
+         "app(['serve', 'replay-validator', '--verbose'])")
+SEED = ("import json, sys; from fleetloop.warehouse import Warehouse; from fleetloop.v1 import cases_pb2; "
+        "from services.case_assembler import rows; from services.case_assembler.service import MIGRATIONS; "
+        "w = Warehouse(sys.argv[1]); w.migrate('case_assembler', MIGRATIONS); cases = []\n"
+        "for cid, vid, uri, size, sha in json.loads(sys.argv[2]):\n"
+        "    c = cases_pb2.Case(case_id=cid, vehicle_id=vid, replay_queued=True, revision=1)\n"
+        "    c.uploads.add(tier='minilog', status=cases_pb2.UPLOAD_STATUS_COMPLETE, uri=uri, size_bytes=size, "
+        "sha256=sha)\n"
+        "    cases.append(c)\n"
+        "w.insert_rows('cases', [rows.case_row(c) for c in cases], rows.CASE_COLUMNS)\n"
+        "w.insert_rows('case_logs', [r for c in cases for r in rows.log_rows(c)], rows.LOG_COLUMNS)")
+COUNT = ("import json, sys; from fleetloop.warehouse import Warehouse; w = Warehouse(sys.argv[1]); q = w.query_rows\n"
+         "exists = q(\"SELECT count() FROM system.tables WHERE name = 'replay_solutions'\")[0][0]\n"
+         "print(json.dumps(q('SELECT count(), uniqExact(solution_id), groupArray(case_id) "
+         "FROM replay_solutions FINAL')[0] if exists else [0, 0, []]))")
+
+
+def run_child(code: str, *args: str, env: dict[str, str]) -> str:
+    """Python `code` in a fresh process (one chDB engine per process: the service's, or this reader's)."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+async def test_sigkill_mid_batch_then_restart_solves_every_case_exactly_once(broker, redis_url, tmp_path, fleet):
+    cut, incidents = fleet
+    objects = tmp_path / "objects"
+    store = open_store(objects.as_uri())
+    chdb = f"chdb://{tmp_path / 'warehouse'}"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker, "REDIS_URL": redis_url, "CLICKHOUSE_URL": chdb,
+           "FLEETLOOP_GRPC_PORT": "0",
+           "FLEETLOOP_DATA_DIR": str(tmp_path), "FLEETLOOP_OBJECT_STORE_URL": objects.as_uri(),
+           "FLEETLOOP_CONSUMER_POLL_MS": "100"}
+    manifests = {f"case-{k:02d}": cut(store, f"case-{k:02d}", k % 2) for k in range(KILLED_CASES)}
+    run_child(SEED, chdb, json.dumps([(cid, incidents[k % 2].vehicle_id, m.uri, m.size_bytes, m.sha256)
+                                      for k, (cid, m) in enumerate(manifests.items())]), env=env)
+    config = yaml.safe_load(CONFIG_PATH.read_text())
+    config.update(default_search_config="quick", batch_scenarios=2, map={"source": "none"})
+    config_path = tmp_path / "validator.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    await send(broker, [request_bytes(cid) for cid in manifests])
+    pairs = objects / CONFIG.pair_prefix
+
+    def start(name: str) -> subprocess.Popen:
+        """The service, its log in a file (a pipe nobody reads could fill and block it)."""
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            return subprocess.Popen([sys.executable, "-c", SERVE, str(config_path)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=log)
+
+    def said(name: str) -> str:
+        return (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    first = start("first")
+
+    async def a_pair_written() -> bool:
+        assert first.poll() is None, said("first")
+        return pairs.exists() and any(p.suffix == ".pair" for p in pairs.rglob("*"))
+
+    try:
+        await wait_until(a_pair_written, timeout_s=900, poll_s=0.02)
+    except AssertionError:
+        first.kill()
+        raise AssertionError(f"no pair written; the service said: {said('first')}") from None
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    rows_at_kill, _, _ = json.loads(run_child(COUNT, chdb, env=env))
+    pairs_at_kill = sum(1 for p in pairs.rglob("*.pair"))
+    assert rows_at_kill < KILLED_CASES and pairs_at_kill > rows_at_kill, "the kill must land inside a batch"
+
+    second = start("second")
+    published: list[replay_service_pb2.Solution] = []
+    async with TopicReader(broker, topics.SOLUTIONS, replay_service_pb2.Solution) as reader:
+        async def all_published() -> bool:
+            assert second.poll() is None, said("second")
+            published.extend(await reader.poll())
+            return len({s.case_id for s in published}) == KILLED_CASES
+
+        try:
+            await wait_until(all_published, timeout_s=900, poll_s=0.2)
+        except AssertionError:
+            second.kill()
+            raise AssertionError(f"{len({s.case_id for s in published})} of {KILLED_CASES} cases published; "
+                                 f"the restarted service said: {said('second')}") from None
+    await asyncio.sleep(2)  # the rows follow their messages; then the commit
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0, said("second")
+
+    rows, unique, cases = json.loads(run_child(COUNT, chdb, env=env))
+    assert rows == unique == KILLED_CASES and sorted(cases) == sorted(manifests)
+    by_case: dict[str, set[str]] = {}
+    for solution in published:
+        by_case.setdefault(solution.case_id, set()).add(solution.solution_id)
+    assert sorted(by_case) == sorted(manifests) and all(len(ids) == 1 for ids in by_case.values())
+    written = sorted(p.name for p in pairs.rglob("*") if p.is_file())
+    assert written == sorted(f"{next(iter(ids))}.pair" for ids in by_case.values())  # one object each, none partial
