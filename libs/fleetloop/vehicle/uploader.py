@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from fleetloop.v1 import uploads_pb2
-from fleetloop.vehicle.logs import TIERS, tier_messages, write_mcap
+from fleetloop.vehicle.logs import TIERS, McapFile, tier_messages, write_mcap
 from fleetloop.vehicle.objectstore import ObjectStore
 from fleetloop.vehicle.params import VehicleParams
 from fleetloop.vehicle.ring import RingBuffer
@@ -29,6 +29,24 @@ def manifest(vehicle_id: str, request: uploads_pb2.UploadRequest, state: int, no
         schema_version=SCHEMA_VERSION, vehicle_id=vehicle_id, event_time_ms=now_ms, message_id=message_id,
         request_id=request.request_id, case_id=request.case_id, tier=request.tier,
         window_start_ms=request.window_start_ms, window_end_ms=request.window_end_ms, state=state, **fields)
+
+
+def cut_tier(vehicle_id: str, buffer: RingBuffer, request: uploads_pb2.UploadRequest,
+             params: VehicleParams) -> tuple[McapFile, int]:
+    """The MCAP file of `request`'s tier and window cut from `buffer`, and the raw volume it declares
+    (bytes; 0 for the light tiers). The uploader and the replay queue's snapshot make the same cut."""
+    items = tier_messages(request.tier, buffer.window(request.window_start_ms, request.window_end_ms))
+    window_s = (request.window_end_ms - request.window_start_ms) / 1000.0
+    declared_raw = int(window_s * params.raw_bytes_per_s) if request.tier == "raw" else 0
+    log = write_mcap(items, {
+        "case_id": request.case_id, "tier": request.tier, "vehicle_id": vehicle_id,
+        "request_id": request.request_id, "window_start_ms": str(request.window_start_ms),
+        "window_end_ms": str(request.window_end_ms),
+        "declared_raw_bytes": str(declared_raw),
+        "note": ("simulated raw: minilog content; the sensor volume is declared, not written"
+                 if request.tier == "raw" else ""),
+    })
+    return log, declared_raw
 
 
 class Uploader:
@@ -58,17 +76,7 @@ class Uploader:
             return [manifest(vehicle_id, request, FAILED, now_ms, retryable=True,
                              error="window not fully recorded yet")]
         accepted = manifest(vehicle_id, request, ACCEPTED, now_ms)
-        items = tier_messages(request.tier, buffer.window(request.window_start_ms, request.window_end_ms))
-        window_s = (request.window_end_ms - request.window_start_ms) / 1000.0
-        declared_raw = int(window_s * self.params.raw_bytes_per_s) if request.tier == "raw" else 0
-        log = write_mcap(items, {
-            "case_id": request.case_id, "tier": request.tier, "vehicle_id": vehicle_id,
-            "request_id": request.request_id, "window_start_ms": str(request.window_start_ms),
-            "window_end_ms": str(request.window_end_ms),
-            "declared_raw_bytes": str(declared_raw),
-            "note": ("simulated raw: minilog content; the sensor volume is declared, not written"
-                     if request.tier == "raw" else ""),
-        })
+        log, declared_raw = cut_tier(vehicle_id, buffer, request, self.params)
         uri = self.store.put(object_key(vehicle_id, request), log.data)
         complete = manifest(vehicle_id, request, COMPLETE, now_ms, uri=uri, size_bytes=len(log.data),
                             sha256=hashlib.sha256(log.data).hexdigest(), message_count=log.message_count,
