@@ -15,6 +15,7 @@ from fleetloop.replay.search import (
     Archive,
     ProposalSet,
     SearchSettings,
+    SlicedSearch,
     dominated_mask,
     knot_matrix,
     lane_reference,
@@ -169,6 +170,30 @@ def test_same_seed_same_answer_in_any_batch_and_the_pair_builds():
     msg = solution_pair(one, a, 0, CFG, "none")
     assert msg.problem.scenario_id == "hand-0" and len(msg.front) >= 1 and msg.solution_index == 0
     assert {d.name for d in msg.cost_delta} >= {"collision", "progress"}
+
+
+def test_a_sliced_search_resumed_from_its_snapshot_gives_the_unsliced_answer():
+    import io
+
+    cfg = load_config(overrides={"search": {**SMALL, "iterations": 4, "early_stop_margin": 1e9}})  # no early stop
+    two = stalled(s=2)
+    whole = search(two, WORLD, None, cfg, seed=7)
+    first = SlicedSearch(two, WORLD, None, cfg, seed=7)
+    assert not first.advance(1) and first.passes == 1
+    buffer = io.BytesIO()
+    torch.save(first.snapshot(), buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()))
+    resumed = SlicedSearch(two, WORLD, None, cfg, seed=7, resume_state=state)
+    assert not resumed.advance(2) and resumed.advance(5) and resumed.passes == 4
+    result = resumed.finish()
+    assert result.iterations.tolist() == whole.iterations.tolist() == [4, 4]
+    assert torch.equal(result.solution_actions, whole.solution_actions)
+    assert torch.equal(result.front.ego_actions, whole.front.ego_actions)
+    assert torch.equal(result.front_objectives, whole.front_objectives)
+    with pytest.raises(ValueError, match="snapshot of seed 7 .* resumed with seed 8"):
+        SlicedSearch(two, WORLD, None, cfg, seed=8, resume_state=state)
+    with pytest.raises(ValueError, match="search snapshot version 0, expected 1"):
+        SlicedSearch(two, WORLD, None, cfg, seed=7, resume_state={**state, "version": 0})
 
 
 class _BadPolicy:
