@@ -36,7 +36,7 @@ from torch import Tensor
 from fleetloop.replay.config import ReplayConfig
 from fleetloop.replay.dynamics import wrap_angle
 from fleetloop.replay.scenario import EGO, MapKind, Rollout, ScenarioBatch, ScenarioError
-from fleetloop.triggers.criticality import longitudinal_ttc
+from fleetloop.triggers.criticality import forward_ttc
 
 OBJECTIVES = ("safety", "comfort", "efficiency", "compliance")
 INF = float("inf")
@@ -438,31 +438,45 @@ class Collision(CostTerm):
 @register
 class TimeToCollision(CostTerm):
     """Minimum time to collision (s) against agents in the ego's path over the future steps, by the
-    one TTC definition (`fleetloop.triggers.criticality`, its longitudinal case `longitudinal_ttc`: the
-    first overlap of the boxes along the ego's axis, shared with near_miss and the labels).
-    Safety.
+    one TTC definition (`fleetloop.triggers.criticality.forward_ttc`, shared with near_miss): at each
+    step, the first overlap within `horizon_s` of the ego's box and the agent's box (its extents along
+    the ego's axes) under their relative velocity in the ego's frame, counted when the relative speed
+    then is at least `min_closing_mps`. Safety.
 
-    In the path: ahead, bumper-to-bumper gap along the ego's heading ≤ `lookahead_m`, and the agent's
-    centre laterally within the two half-widths + `path_margin_m` of the ego's axis (the trigger's
-    corridor: 0.9 + 0.9 + 0.2 = its 2.0 m for two 1.8 m cars; a rotated agent's length does not widen
-    it, so oncoming traffic on a curve passes beside, not through, the path). Value: max(0, `ttc_s` −
-    min TTC) (s). Measure: min TTC (s, inf if nothing closes).
+    Judged for agents in the path at that step: ahead, bumper-to-bumper gap along the ego's heading ≤
+    `lookahead_m`, and the agent's centre laterally within the two half-widths + `path_margin_m` of the
+    ego's axis (the trigger's corridor: 0.9 + 0.9 + 0.2 = its 2.0 m for two 1.8 m cars; a rotated
+    agent's length does not widen it, so oncoming traffic on a curve, extrapolated straight, passes
+    beside, not through, the path). An agent in the corridor moving out of it in time has no TTC.
+    Value: max(0, `ttc_s` − min TTC) (s). Measure: min TTC (s, inf if nothing closes within the horizon).
     """
 
     name = "ttc"
     objective = "safety"
-    PARAMS = ("ttc_s", "min_closing_mps", "lookahead_m", "path_margin_m")
+    PARAMS = ("ttc_s", "min_closing_mps", "lookahead_m", "path_margin_m", "horizon_s")
 
     def compute(self, rollout: Rollout, scen: ScenarioBatch, baseline: Rollout) -> CostValue:
         g = ego_frame(rollout, scen)
         corridor = (scen.width[:, None, EGO:EGO + 1, None] + scen.width[:, None, EGO + 1:, None]) * 0.5
+        agent_v = future(rollout.speed[:, :, EGO + 1:], rollout)
+        s = g.gap_x.shape[0]
         min_ttc = torch.full(g.gap_x.shape[:2], INF, device=g.gap_x.device)
         for sl in candidate_chunks(tuple(g.gap_x.shape)) if g.gap_x.shape[2] else []:
             in_path = (g.valid[:, sl] & (g.rel_x[:, sl] > 0)
                        & (g.rel_y[:, sl].abs() <= corridor + self.p["path_margin_m"])
                        & (g.gap_x[:, sl] <= self.p["lookahead_m"]))
-            ttc = longitudinal_ttc(g.gap_x[:, sl], g.closing[:, sl], self.p["min_closing_mps"])
-            min_ttc[:, sl] = ttc.masked_fill_(~in_path, INF).amin(dim=(2, 3))
+            idx = in_path.nonzero(as_tuple=True)  # few agent-steps are in the path: judge only those
+            if not idx[0].numel():
+                continue
+            rx, ry = g.rel_x[:, sl][idx], g.rel_y[:, sl][idx]
+            # The summed half extents along the ego's axes are what the gaps leave of the offsets.
+            hx, hy = rx.abs() - g.gap_x[:, sl][idx], ry.abs() - g.gap_y[:, sl][idx]
+            ttc = forward_ttc(rx, ry, -g.closing[:, sl][idx], (agent_v[:, sl] * g.sin_dh[:, sl])[idx], hx, hy,
+                              self.p["horizon_s"], self.p["min_closing_mps"])
+            n_c = in_path.shape[1]
+            chunk = torch.full((s * n_c,), INF, device=ttc.device, dtype=ttc.dtype)
+            chunk.scatter_reduce_(0, idx[0] * n_c + idx[1], ttc, reduce="amin")
+            min_ttc[:, sl] = chunk.view(s, n_c)
         value = (self.p["ttc_s"] - min_ttc).clamp_min(0.0)
         return CostValue(value, _ego_future(rollout).any(-1), min_ttc)
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fleetloop.config import ConfigError, ConfigModel, validate
+from fleetloop.triggers import criticality
 from fleetloop.triggers.config import TriggerConfig, TriggerSpec
 from fleetloop.triggers.frames import Frames
 from fleetloop.v1 import triggers_pb2
@@ -96,17 +97,23 @@ def build_triggers(config: TriggerConfig) -> list[Trigger]:
     return [REGISTRY[name](spec, config) for name, spec in config.triggers.items() if spec.enabled]
 
 
-def nearest_in_path(frames: Frames, half_width_m: float, lookahead_m: float) -> np.ndarray:
-    """Per second row (m,): distance (m) to the nearest valid object ahead in the ego path, inf if none."""
-    return frames.memo(("nearest_in_path", half_width_m, lookahead_m),
-                       lambda: per_row_min(frames, in_path(frames, half_width_m, lookahead_m), frames.obj_rel_x_m))
+def nearest_in_path(frames: Frames, half_width_m: float, lookahead_m: float, lookahead_s: float = 0.0) -> np.ndarray:
+    """Per second row (m,): distance (m) to the nearest valid object ahead in the ego path, inf if none.
+    The path reaches `lookahead_s` × the second's ego speed ahead, never less than `lookahead_m`."""
+    return frames.memo(("nearest_in_path", half_width_m, lookahead_m, lookahead_s),
+                       lambda: per_row_min(frames, in_path(frames, half_width_m, lookahead_m, lookahead_s),
+                                           frames.obj_rel_x_m))
 
 
-def in_path(frames: Frames, half_width_m: float, lookahead_m: float) -> np.ndarray:
-    """Per object (k,): valid, ahead within `lookahead_m` and laterally within `half_width_m`."""
-    return frames.memo(("in_path", half_width_m, lookahead_m), lambda: (
-        frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (frames.obj_rel_x_m > 0)
-        & (frames.obj_rel_x_m <= lookahead_m)))
+def in_path(frames: Frames, half_width_m: float, lookahead_m: float, lookahead_s: float = 0.0) -> np.ndarray:
+    """Per object (k,): valid, ahead within the lookahead (`nearest_in_path`) and laterally within
+    `half_width_m` (centre corridor)."""
+    def compute() -> np.ndarray:
+        reach = criticality.lookahead_m(frames.ego_speed_mps, lookahead_s, lookahead_m)[frames.obj_row]
+        return (frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (frames.obj_rel_x_m > 0)
+                & (frames.obj_rel_x_m <= reach))
+
+    return frames.memo(("in_path", half_width_m, lookahead_m, lookahead_s), compute)
 
 
 def per_row_min(frames: Frames, mask: np.ndarray, values: np.ndarray) -> np.ndarray:

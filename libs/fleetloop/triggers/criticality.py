@@ -125,12 +125,40 @@ def time_to_collision(rel_x_m: Array, rel_y_m: Array, rel_vx_mps: Array, rel_vy_
     box centre (m, ego frame); `rel_v*` (m/s), `rel_a*` (m/s²) relative motion; `half_x_m`,
     `half_y_m` the summed half extents (m). The earliest overlap is at t = 0 or where one axis
     enters its band (a root of x(t) = ±half_x or y(t) = ±half_y), so those nine candidates are
-    checked and the least that lies inside both bands wins: exact, no time stepping.
+    checked and the least that lies inside both bands wins: exact, no time stepping. Objects moving
+    along x only (no lateral velocity, no acceleration: most of them) take the same answer in closed
+    form.
     """
     ops = _ops(rel_x_m, rel_y_m, rel_vx_mps, rel_vy_mps, half_x_m, half_y_m, rel_ax_mps2, rel_ay_mps2)
-    cx, cy, vx, vy, hx, hy, ax, ay = (ops.asarray(v) for v in (rel_x_m, rel_y_m, rel_vx_mps, rel_vy_mps,
-                                                               half_x_m, half_y_m, rel_ax_mps2, rel_ay_mps2))
-    cand = [ops.zeros(cx + cy + vx + vy + hx + hy + ax + ay)]
+    args = [ops.asarray(v) for v in (rel_x_m, rel_y_m, rel_vx_mps, rel_vy_mps, half_x_m, half_y_m, rel_ax_mps2,
+                                     rel_ay_mps2)]
+    shape_of = ops.zeros(sum(args[1:], args[0]))
+    cx, cy, vx, vy, hx, hy, ax, ay = (a + shape_of for a in args)
+    out = _along_x(ops, cx, cy, vx, hx, hy, horizon_s, min_closing_mps)
+    planar = (vy != 0) | (ay != 0) | (ax != 0)
+    if planar.any():
+        sel = [a[planar] for a in (cx, cy, vx, vy, hx, hy, ax, ay)]
+        out[planar] = _first_overlap(ops, *sel, horizon_s, min_closing_mps)
+    return out
+
+
+def _along_x(ops: _Ops, cx: Any, cy: Any, vx: Any, hx: Any, hy: Any, horizon_s: float,
+             min_closing_mps: float) -> Any:
+    """`time_to_collision` of objects moving along x only, in closed form (the same roots)."""
+    inf = float("inf")
+    safe_v = ops.where(vx == 0, ops.full(vx, 1.0), vx)
+    t = ops.where(abs(cx) <= hx + _TOL_M, ops.zeros(cx),
+                  ops.where((cx > hx) & (vx < 0), -(cx - hx) / safe_v,
+                            ops.where((cx < -hx) & (vx > 0), -(cx + hx) / safe_v, ops.full(cx, inf))))
+    speed = abs(vx)
+    ok = (abs(cy) <= hy + _TOL_M) & (t <= horizon_s) & (speed >= min_closing_mps) & (speed > 0)
+    return ops.where(ok, t, ops.full(t, inf))
+
+
+def _first_overlap(ops: _Ops, cx: Any, cy: Any, vx: Any, vy: Any, hx: Any, hy: Any, ax: Any, ay: Any,
+                   horizon_s: float, min_closing_mps: float) -> Any:
+    """`time_to_collision` in general: the least of the nine candidate times inside both bands."""
+    cand = [ops.zeros(cx)]
     for c, v, a, h in ((cx, vx, ax, hx), (cy, vy, ay, hy)):
         for edge in (h, -h):
             cand += _roots(ops, 0.5 * a, v, c - edge)

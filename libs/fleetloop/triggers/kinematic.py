@@ -20,7 +20,9 @@ class _HardDecel(Trigger):
     Input per sample (n,): `accel_lon_mps2` (m/s², + forward) with `accel_valid`; per second: the
     perceived objects. An episode is the run of samples with deceleration ≥ `decel_mps2`, lasting
     ≥ `min_duration_s`. Perception during the episode decides its name: an object within
-    `ego_path.half_width_m` and `ego_path.lookahead_m` ahead, or no perception at all → hard_brake;
+    `ego_path.half_width_m` and the lookahead ahead (speed × `criticality.lookahead_s`, at least
+    `ego_path.lookahead_m`: a slow truck 60 m ahead at highway speed is a reason to brake), or no
+    perception at all → hard_brake;
     perception that saw the path clear → phantom_stop. Exactly one of the two owns each episode.
     """
 
@@ -30,6 +32,7 @@ class _HardDecel(Trigger):
         super().__init__(spec, config)
         self.hd = config.hard_decel
         self.path = config.ego_path
+        self.lookahead_s = config.criticality.lookahead_s
         self.tracker = EpisodeTracker(
             ms(self.hd.merge_gap_s), ms(self.hd.bridge_gap_s),
             {"decel": "max", "seen": "max", "occupied": "max", "lead_m": "min", "speed": "max"}, peak="decel")
@@ -37,7 +40,7 @@ class _HardDecel(Trigger):
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
         idx = np.flatnonzero(frames.accel_valid & (frames.accel_lon_mps2 <= -self.hd.decel_mps2))
         row = frames.row[idx]
-        lead = nearest_in_path(frames, self.path.half_width_m, self.path.lookahead_m)[row]
+        lead = nearest_in_path(frames, self.path.half_width_m, self.path.lookahead_m, self.lookahead_s)[row]
         values = {"decel": -frames.accel_lon_mps2[idx], "seen": frames.has_perception[row].astype(np.float64),
                   "occupied": np.isfinite(lead).astype(np.float64), "lead_m": lead,
                   "speed": frames.speed_mps[idx]}

@@ -66,6 +66,22 @@ def test_ttc_is_the_shared_definition() -> None:
     assert math.isinf(term("ttc", drive(creep, constant(creep, [0.0])), creep).measure.item())
 
 
+def test_ttc_sees_an_agent_leaving_the_path_in_time() -> None:
+    # A car standing across the lane 20 m ahead, 1.5 m left, the ego at 10 m/s: its box (rotated 90°) meets
+    # the ego's after the bumper gap 20 − 0.9 − 2.25 = 16.85 m: at the first future step (0.1 s driven) the
+    # TTC is 15.85 / 10 s, then it falls to 0 (the ego drives into it). Driving off to the left at 3 m/s it
+    # leaves the ego's lane (|y| > 0.9 + 2.25) after 0.55 s, before the ego arrives: no TTC at any step.
+    scen = scenario([(20.0, 1.5, 0.0)], t=12)
+    scen.heading[:, 1] = math.pi / 2
+    assert term("ttc", drive(scen, constant(scen, [0.0])), scen).measure.item() == pytest.approx(1.585, abs=1e-3)
+    scen = scenario([(20.0, 1.5, 0.0)], t=40)
+    scen.heading[:, 1] = math.pi / 2
+    assert term("ttc", drive(scen, constant(scen, [0.0])), scen).measure.item() == 0.0
+    time = (torch.arange(scen.n_steps) - scen.current_step) * DT
+    scen.y[:, 1], scen.speed[:, 1] = 1.5 + 3.0 * time, 3.0
+    assert math.isinf(term("ttc", drive(scen, constant(scen, [0.0])), scen).measure.item())
+
+
 @pytest.mark.parametrize("y,clear", [(2.5, 0.7), (2.2, 0.4)])
 def test_clearance(y: float, clear: float) -> None:
     scen = scenario([(0.0, y, 10.0)])             # alongside at our speed, lateral gap y − 1.8 m

@@ -126,6 +126,24 @@ def test_torch_matches_numpy_in_two_dimensions() -> None:
     np.testing.assert_allclose(ref[closing], sampled[closing], atol=2e-3)
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_closed_form_along_x_is_the_general_answer(lib: str) -> None:
+    # Objects without lateral motion or acceleration take a closed form: the same numbers as the nine roots.
+    rng = np.random.default_rng(9)
+    cx, cy, vx = rng.uniform(-40, 60, 4096), rng.uniform(-4, 4, 4096), rng.uniform(-20, 8, 4096)
+    cx[:64], vx[64:128] = 0.0, 0.0  # overlapping now; standing still
+    hx, hy = rng.uniform(1, 7, 4096), rng.uniform(0.5, 2.5, 4096)
+    arrays = [cx, cy, vx, np.zeros(4096), hx, hy, np.zeros(4096), np.zeros(4096)]
+    if lib == "torch":
+        arrays = [torch.tensor(a) for a in arrays]
+    ops = cr._ops(*arrays)
+    fast = cr._along_x(ops, arrays[0], arrays[1], arrays[2], arrays[4], arrays[5], 3.0, 0.5)
+    general = cr._first_overlap(ops, *arrays, 3.0, 0.5)
+    fast, general = (np.asarray(x) for x in (fast, general))
+    assert np.isfinite(general).sum() > 300
+    np.testing.assert_array_equal(fast, general)
+
+
 def test_nan_inputs_give_no_collision() -> None:
     assert cr.time_to_collision(np.nan, 0.0, -5.0, 0.0, 2.0, 2.0, 3.0)[()] == math.inf
 
@@ -191,6 +209,24 @@ def test_crossing_that_clears_raises_no_alarm() -> None:
     assert not near_miss_events(d)
 
 
+def test_braking_for_a_truck_60_m_ahead_on_the_highway_is_no_phantom_stop() -> None:
+    # At 33 m/s the path reaches 33 × 3 = 99 m: a slow truck 60 m ahead is what the ego brakes for.
+    d = syn.cruise("veh-1", 120, speed_mps=33.0, seed=3)
+    syn.hard_decel(d, 50.0, 5.0, 1.0, lead_m=None)
+    for s in range(49, 53):
+        d.objects[s] = d.objects[s] + [common_pb2.PerceivedObject(
+            track_id=8, object_class=common_pb2.OBJECT_CLASS_TRUCK, rel_x_m=60.0, rel_y_m=0.2, rel_vx_mps=-8.0,
+            length_m=12.0, width_m=2.5, confidence=0.9)]
+    assert [e.trigger for e in near_miss_events(d)] == ["hard_brake"]
+    d = syn.cruise("veh-1", 120, speed_mps=10.0, seed=3)  # at 10 m/s the path stops at the 40 m floor
+    syn.hard_decel(d, 50.0, 5.0, 1.0, lead_m=None)
+    for s in range(49, 53):
+        d.objects[s] = d.objects[s] + [common_pb2.PerceivedObject(
+            track_id=8, object_class=common_pb2.OBJECT_CLASS_TRUCK, rel_x_m=60.0, rel_y_m=0.2, rel_vx_mps=-2.0,
+            length_m=12.0, width_m=2.5, confidence=0.9)]
+    assert [e.trigger for e in near_miss_events(d)] == ["phantom_stop"]
+
+
 def test_in_second_minima_reach_the_cloud() -> None:
     # An encounter between two summaries: the vehicle's 10 Hz tracks saw TTC 0.8 s in the second, gone
     # by the summary (window minimum), or on an object still listed (its own minimum).
@@ -252,3 +288,4 @@ def test_replay_ttc_term_reads_the_near_miss_numbers() -> None:
     near_miss = triggers.triggers["near_miss"].params
     assert replay["ttc_s"] == near_miss["ttc_s"] and replay["min_closing_mps"] == near_miss["min_closing_mps"]
     assert replay["lookahead_m"] == triggers.section("ego_path")["lookahead_m"]
+    assert replay["horizon_s"] == triggers.section("criticality")["horizon_s"]
