@@ -148,6 +148,7 @@ class ReplayValidator:
     # ------------------------------------------------------------------------------------ handler
 
     async def handle(self, records: list[Record]) -> list[Refusal]:
+        """Solve the batch's requests (module docstring); returns the refused records with their reasons."""
         refusals: list[Refusal] = []
         jobs: dict[str, Job] = {}
         for record in records:
