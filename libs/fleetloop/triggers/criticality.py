@@ -222,6 +222,8 @@ def box_offsets(rel_x_m: Array, length_m: Array, ego_length_m: Array | float, bu
     already the centre distance. The summed half extent along x is (ego length + length) / 2."""
     ops = _ops(rel_x_m, length_m, ego_length_m)
     rx, ln, le = ops.asarray(rel_x_m), ops.asarray(length_m), ops.asarray(ego_length_m)
+    if isinstance(bumper_gap, bool):
+        return rx + 0.5 * (ln + le) if bumper_gap else rx + 0.0 * (ln + le)
     return ops.where(ops.asarray(bumper_gap) > 0, rx + 0.5 * (ln + le), rx)
 
 

@@ -87,9 +87,15 @@ def object_criticality(frames: Frames, config: TriggerConfig, min_closing_mps: f
     def compute() -> tuple[np.ndarray, np.ndarray]:
         c = config.criticality
         r = frames.obj_row
-        ego_l = np.where(np.isnan(frames.ego_length_m), c.ego_length_m, frames.ego_length_m)[r]
-        ego_w = np.where(np.isnan(frames.ego_width_m), c.ego_width_m, frames.ego_width_m)[r]
-        cx = criticality.box_offsets(frames.obj_rel_x_m, frames.obj_length_m, ego_l, frames.bumper_gap[r])
+
+        def per_object(sent: np.ndarray, default: float) -> np.ndarray | float:
+            # most summaries leave the ego box out: one number then, not a column
+            return default if np.isnan(sent).all() else np.where(np.isnan(sent), default, sent)[r]
+
+        ego_l = per_object(frames.ego_length_m, c.ego_length_m)
+        ego_w = per_object(frames.ego_width_m, c.ego_width_m)
+        bumper = True if frames.bumper_gap.all() else frames.bumper_gap[r]
+        cx = criticality.box_offsets(frames.obj_rel_x_m, frames.obj_length_m, ego_l, bumper)
         hx, hy = 0.5 * (frames.obj_length_m + ego_l), 0.5 * (frames.obj_width_m + ego_w)
         ahead = frames.obj_valid & (cx > 0)
         # Only objects that can reach the ego's box within the horizon need the exact first overlap.

@@ -243,6 +243,25 @@ def test_in_second_minima_reach_the_cloud() -> None:
     assert [e.trigger for e in events] == ["near_miss"] and events[0].measurements["min_ttc_s"] == pytest.approx(1.2)
 
 
+def test_box_centre_positions_and_the_ego_box_the_summary_sends() -> None:
+    # A truck's vehicle (ego 9 m long) reports box centres: a car 16.8 m ahead centre to centre is a
+    # bumper gap of 16.8 − (9 + 4.6) / 2 = 10 m; closing at 6 m/s: TTC 1.667 s. Read as a legacy bumper
+    # gap the same numbers say 2.8 s: nothing.
+    d = syn.cruise("veh-1", 120, seed=3)
+    d.objects[50] = d.objects[50] + [common_pb2.PerceivedObject(
+        track_id=5, object_class=common_pb2.OBJECT_CLASS_CAR, rel_x_m=16.8, rel_y_m=0.0, rel_vx_mps=-6.0,
+        length_m=4.6, width_m=1.9, confidence=0.9)]
+    envelopes = d.envelopes()
+    legacy = [e.trigger for e in detect_recording(envelopes, load_config())]
+    for env in envelopes:
+        if env.WhichOneof("payload") == "perception":
+            env.perception.position_reference = common_pb2.POSITION_REFERENCE_BOX_CENTRE
+            env.perception.ego_length_m, env.perception.ego_width_m = 9.0, 2.5
+    events = [e for e in detect_recording(envelopes, load_config()) if e.trigger == "near_miss"]
+    assert "near_miss" not in legacy
+    assert len(events) == 1 and events[0].measurements["min_ttc_s"] == pytest.approx(10.0 / 6.0, abs=1e-4)
+
+
 def braking_before_impact(decel_samples: int) -> syn.SyntheticDrive:
     """The issue's case: TTC 1.14 s then 0.05 s, the ego braking at 8 m/s² for `decel_samples` samples."""
     d = syn.cruise("veh-1", 120, seed=3)
