@@ -4,19 +4,33 @@ solutions, list policies. Every handler is `@guarded` (fleetloop.request_checks)
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 from fleetloop import tables, topics
+from fleetloop.bus import Bus
 from fleetloop.replay.requests import replay_request
 from fleetloop.request_checks import BadRequest, guarded, offset_token, page_size, required, vehicle_id
 from fleetloop.v1 import replay_service_pb2, replay_service_pb2_grpc
+from fleetloop.warehouse import Warehouse
 
-from services.replay_validator.plans import Unplannable
+from services.replay_validator.plans import Planner, Unplannable, ValidatorConfig
 from services.replay_validator.rows import VERDICT_NAMES, solution_from_json
 
-if TYPE_CHECKING:
-    from services.replay_validator.service import ReplayValidator
+
+class ReplayOwner(Protocol):
+    """What the API needs of the replay-validator: its planner and configuration, the producer, the warehouse,
+    and its two lookups."""
+
+    planner: Planner
+    config: ValidatorConfig
+    bus: Bus
+    warehouse: Warehouse
+
+    async def cases(self, case_ids: list[str]) -> dict[str, tuple[str, dict | None]]: ...
+
+    async def existing(self, solution_ids: list[str]) -> set[str]: ...
+
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
@@ -40,7 +54,7 @@ def list_query(request: replay_service_pb2.ListSolutionsRequest) -> tuple[str, d
 
 
 class ReplayApi(replay_service_pb2_grpc.ReplayServiceServicer):
-    def __init__(self, service: ReplayValidator) -> None:
+    def __init__(self, service: ReplayOwner) -> None:
         self.service = service
 
     @guarded()

@@ -40,6 +40,7 @@ class ValidatorConfig(ConfigModel):
     robust: bool
     min_win_rate: float = Field(ge=0, le=1)
     seed: int = Field(ge=0)
+    torch_threads: int = Field(ge=0)
     checkpoints_dir: Path
     pair_prefix: str
     map: MapConfig

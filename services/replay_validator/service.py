@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from fleetloop import tables, topics
 from fleetloop.bus import BatchConsumer, Bus, Record, Refusal
 from fleetloop.codec.rejected import Rejected
@@ -40,6 +42,7 @@ from fleetloop.v1 import replay_service_pb2, replay_service_pb2_grpc
 from fleetloop.vehicle.objectstore import open_store
 from fleetloop.warehouse import Warehouse
 
+from services.replay_validator.api import ReplayApi
 from services.replay_validator.plans import Plan, Planner, Unplannable, ValidatorConfig, load_validator_config
 from services.replay_validator.rows import SOLUTION_COLUMNS, solution_message, solution_row
 
@@ -248,8 +251,6 @@ class ReplayValidator:
     # ------------------------------------------------------------------------------------ gRPC and run
 
     async def serve_grpc(self) -> None:
-        from services.replay_validator.api import ReplayApi
-
         api = ReplayApi(self)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self._server, self.grpc_port = await start_server(
@@ -257,6 +258,7 @@ class ReplayValidator:
             address, watch=[self.consumer])
 
     async def run(self, stop: asyncio.Event, serve_grpc: bool = True) -> None:
+        torch.set_num_threads(self.config.torch_threads or max(1, (os.cpu_count() or 1) - 1))
         await asyncio.get_running_loop().run_in_executor(None, self.migrate)
         if serve_grpc:
             await self.serve_grpc()
