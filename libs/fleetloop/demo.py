@@ -10,7 +10,14 @@ import typer
 from fleetloop import tables
 from fleetloop.config import Settings
 from fleetloop.embedded import EmbeddedStack
-from fleetloop.report import alerts_report, cases_report, fleet_report, metrics_table, miner_report
+from fleetloop.report import (
+    alerts_report,
+    cases_report,
+    fleet_report,
+    metrics_table,
+    miner_report,
+    solutions_report,
+)
 from fleetloop.runtime import Host
 from fleetloop.v1 import metrics_pb2
 
@@ -63,6 +70,9 @@ async def run_demo(settings: Settings, vehicles: int, hours: float, seed: int) -
         if "miner" in host.services:
             typer.echo("\n== Mining the per-second labels (label-indexer, miner) ==")
             typer.echo(miner_report(host.services["miner"], DEMO_QUERY))
+        if "replay-validator" in host.services:
+            typer.echo("\n== Replay (replay-validator: replay-marked cases searched again, baseline vs solution) ==")
+            typer.echo(solutions_report(warehouse))
         dead = sum(c.refused for s in host.services.values() for c in s.consumers)
         typer.echo(f"messages dead-lettered: {dead}")
         await host.stop()

@@ -118,6 +118,36 @@ def cases_report(warehouse: Warehouse, online_s: float, max_cases: int = 30) -> 
     return "\n".join(lines)
 
 
+def solutions_report(warehouse: Warehouse, max_rows: int = 30) -> str:
+    """What `make demo` prints for the replay-validator: per replayed case the baseline's and the solution's
+    total cost, the cost terms that moved most, the triggers the solution no longer fires, and the pair's size."""
+    rows = warehouse.query_dicts(
+        "SELECT case_id, vehicle_id, policy, verdict, baseline_terms, solution_terms, baseline_total, "
+        f"solution_total, triggers_removed, pair_size_bytes FROM {tables.SOLUTIONS} FINAL ORDER BY requested, case_id")
+    if not rows:
+        return "no replay solutions"
+
+    def moved(r: dict) -> str:
+        deltas = {t: r["solution_terms"].get(t, 0.0) - v for t, v in r["baseline_terms"].items()}
+        top = sorted((d, t) for t, d in deltas.items() if abs(d) >= 0.005)[:3]
+        return " ".join(f"{t}{d:+.2f}" for d, t in top) or "-"
+
+    lines = [table(["case", "vehicle", "policy", "verdict", "baseline", "solution", "terms moved most",
+                    "triggers removed", "pair B"], [
+        [r["case_id"], r["vehicle_id"], r["policy"], r["verdict"], f"{r['baseline_total']:.2f}",
+         f"{r['solution_total']:.2f}", moved(r),
+         ",".join(f"{t}x{n}" if n > 1 else t for t, n in sorted(r["triggers_removed"].items()) if n) or "-",
+         f"{r['pair_size_bytes']:,}"] for r in rows[:max_rows]])]
+    if len(rows) > max_rows:
+        lines.append(f"... and {len(rows) - max_rows} more (`fleetloop replay list`)")
+    verdicts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        verdicts[r["verdict"]] += 1
+    lines.append(f"{len(rows)} cases replayed: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts.items()))
+                 + f"; pairs {sum(r['pair_size_bytes'] for r in rows) / 1e3:,.1f} kB in all")
+    return "\n".join(lines)
+
+
 def alerts_report(alerts: list) -> str:
     """The alerts of a run (fleet.v1 Alert messages), oldest first, one line per incident."""
     from fleetloop.v1 import alerts_pb2

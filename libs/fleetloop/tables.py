@@ -34,7 +34,8 @@ TRIGGER_EVENTS = Table("trigger_events", "case_assembler",
 CASE_LOGS = Table("case_logs", "case_assembler", ("case_id", "tier", "status", "uri", "size_bytes", "sha256"))
 SOLUTIONS = Table("replay_solutions", "replay_validator",
                   ("solution_id", "case_id", "vehicle_id", "policy", "search_config_version", "verdict",
-                   "baseline_terms", "solution_terms", "pair_uri", "solution_json"))
+                   "baseline_terms", "solution_terms", "baseline_total", "solution_total", "triggers_removed",
+                   "pair_uri", "pair_size_bytes", "requested", "solution_json"))
 
 REGISTRY: tuple[Table, ...] = (LABEL_SECOND, INDEX_HOUR, INDEX_BITMAP, VEHICLE_SECOND, FLEET_DAY, CASES,
                                TRIGGER_EVENTS, CASE_LOGS, SOLUTIONS)

@@ -26,6 +26,7 @@ from fleetloop.bus import Bus, ensure_topics
 from fleetloop.commands.replay import app as replay_cli
 from fleetloop.replay.pair import pair_from_bytes
 from fleetloop.replay.requests import replay_request
+from fleetloop.report import solutions_report
 from fleetloop.sim import FleetSimulator, ScheduledIncident, SimConfig
 from fleetloop.v1 import cases_pb2, deadletter_pb2, replay_service_pb2, replay_service_pb2_grpc, uploads_pb2
 from fleetloop.vehicle import RingBuffer, Uploader, open_store
@@ -202,6 +203,13 @@ async def test_case_request_becomes_one_row_one_pair_one_message_and_replay_show
         assert listed.exit_code == 0 and rows[1]["solution_id"] in listed.output and sid not in listed.output
         missing = await asyncio.to_thread(CliRunner().invoke, replay_cli, ["show", "nope"], env=env)
         assert missing.exit_code == 2 and "NOT_FOUND" in missing.output
+
+        # what `make demo` prints: one line per replayed case, then the verdict counts and the pairs' bytes
+        report = solutions_report(warehouse).splitlines()
+        assert [line.split()[0] for line in report[2:4]] == ["case-a", "case-b"]
+        assert all(f"{r['pair_size_bytes']:,}" in line for r, line in zip(rows, report[2:4], strict=True))
+        total_kb = sum(r["pair_size_bytes"] for r in rows) / 1e3
+        assert report[-1].startswith("2 cases replayed: ") and f"pairs {total_kb:,.1f} kB in all" in report[-1]
 
 
 async def _rows_at_least(warehouse, n: int) -> bool:
