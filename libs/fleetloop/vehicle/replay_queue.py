@@ -236,6 +236,7 @@ class ReplayQueue:
         self.vehicle_id, self.vehicle_params, self.params = vehicle_id, params, params.replay_queue
         self.replayer, self.map_provider, self.utc_offset_h = replayer, map_provider, utc_offset_h
         self.clock = compute_clock
+        self._active: tuple[str, Any, SlicedSearch] | None = None  # (item id, scenario, search) in memory
         self.items: dict[str, QueuedWindow] = {}
         for path in sorted(self.items_dir.glob("*.json")):
             item = QueuedWindow(**json.loads(path.read_bytes()))
@@ -244,6 +245,8 @@ class ReplayQueue:
         for path in sorted(self.outbox_dir.glob("*.json")):
             product = Product(**json.loads(path.read_bytes()))
             self.products[product.item_id] = product
+        for item_id in set(self.items) & set(self.products):  # stopped between the pair's write and the clean-up
+            self._forget_item(item_id)
         self.dropped: list[Dropped] = []
         dropped_path = self.dir / "dropped.jsonl"
         if dropped_path.exists():
@@ -258,7 +261,6 @@ class ReplayQueue:
         budget = json.loads(budget_path.read_bytes()) if budget_path.exists() else {"night": None, "spent_s": 0.0}
         self.night, self.spent_s = budget["night"], float(budget["spent_s"])
         self._seq = max((i.seq for i in self.items.values()), default=-1) + 1
-        self._active: tuple[str, Any, SlicedSearch] | None = None  # (item id, scenario, search) in memory
 
     # --- in: triggers and windows ---
 
@@ -358,12 +360,16 @@ class ReplayQueue:
                       f"{lowest.uncertainty:.2f}), oldest first")
             dropped.append(self._drop(lowest, reason))
 
-    def _drop(self, item: QueuedWindow, reason: str) -> Dropped:
-        for suffix in (".json", ".mcap", ".search.pt"):
-            (self.items_dir / f"{item.item_id}{suffix}").unlink(missing_ok=True)
-        del self.items[item.item_id]
-        if self._active is not None and self._active[0] == item.item_id:
+    def _forget_item(self, item_id: str) -> None:
+        """Remove a window's files (metadata last) and its in-memory search."""
+        for suffix in (".mcap", ".search.pt", ".json"):
+            (self.items_dir / f"{item_id}{suffix}").unlink(missing_ok=True)
+        del self.items[item_id]
+        if self._active is not None and self._active[0] == item_id:
             self._active = None
+
+    def _drop(self, item: QueuedWindow, reason: str) -> Dropped:
+        self._forget_item(item.item_id)
         record = Dropped(item.item_id, item.trigger_id, reason)
         self.dropped.append(record)
         with open(self.dir / "dropped.jsonl", "a", encoding="utf-8") as f:
@@ -430,10 +436,7 @@ class ReplayQueue:
         _write_atomic(Path(product.path), data)
         _write_atomic(self.outbox_dir / f"{item.item_id}.json", _json_bytes(asdict(product)))
         self.products[item.item_id] = product
-        for suffix in (".json", ".mcap", ".search.pt"):
-            (self.items_dir / f"{item.item_id}{suffix}").unlink(missing_ok=True)
-        del self.items[item.item_id]
-        self._active = None
+        self._forget_item(item.item_id)
         return Step("solved", (), item.item_id, seconds, search.passes)
 
     def _search_of(self, item: QueuedWindow) -> tuple[Any, SlicedSearch]:

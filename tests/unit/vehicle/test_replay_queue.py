@@ -290,9 +290,12 @@ def test_uploads_go_over_wifi_and_are_forgotten_once_sent(tmp_path, fleet, repla
     buffer, _, brake_ms = fleet
     params = PARAMS.model_copy(update={"replay_queue": PARAMS.replay_queue.model_copy(update={"slice_iterations": 9})})
     q = queue(tmp_path, fleet, replayer, params)
-    q.offer(trigger(brake_ms), buffer)
+    offer = q.offer(trigger(brake_ms), buffer)
+    window = (q.items_dir / f"{offer.item_id}.json").read_bytes()
     assert q.step(ready(), NOW).state == "solved"
     assert q.uploads(common_pb2.CONNECTIVITY_CELLULAR) == []
+    (q.items_dir / f"{offer.item_id}.json").write_bytes(window)  # as if stopped before the clean-up
+    assert not queue(tmp_path, fleet, replayer, params).items and not list(q.items_dir.iterdir())
     (product,) = queue(tmp_path, fleet, replayer, params).uploads(common_pb2.CONNECTIVITY_WIFI)
     assert product.size_bytes < product.minilog_bytes and math.isfinite(product.search_seconds)
     q.mark_uploaded(product.item_id)
