@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from fleetloop.codec import POSE_DTYPES
 from fleetloop.labels import codes as L
 from fleetloop.labels.row import LabelRow, label_columns
 from fleetloop.labels.taxonomy import WORD_BITS, Taxonomy
-from fleetloop.triggers import criticality
+from fleetloop.triggers import criticality, load_config
 from fleetloop.v1 import common_pb2 as pb
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -136,14 +137,22 @@ class _Objects:
     conf: np.ndarray
     occl: np.ndarray
     ax: np.ndarray  # the object's own acceleration along ego x (m/s², 0: none)
+    gap: np.ndarray  # bumper gap ahead (m): rel_x_m read by the summary's position reference
 
 
 def _objects(perceptions: Sequence[pb.PerceptionSummary | None]) -> _Objects:
     seg, cls, x, y, vx, vy, conf, occl, ax = [], [], [], [], [], [], [], [], []
+    length, ego_length, bumper = [], [], []
+    default_ego_l = _default_ego_length_m()
     for i, p in enumerate(perceptions):
         if p is None:
             continue
+        ego_l = p.ego_length_m if p.HasField("ego_length_m") and p.ego_length_m > 0 else default_ego_l
+        is_gap = p.position_reference != pb.POSITION_REFERENCE_BOX_CENTRE
         for o in p.objects:
+            length.append(o.length_m)
+            ego_length.append(ego_l)
+            bumper.append(is_gap)
             seg.append(i)
             cls.append(o.object_class)
             x.append(o.rel_x_m)
@@ -153,9 +162,19 @@ def _objects(perceptions: Sequence[pb.PerceptionSummary | None]) -> _Objects:
             conf.append(o.confidence)
             occl.append(o.emerged_from_occlusion)
             ax.append(o.accel_x_mps2)
-    return _Objects(np.asarray(seg, np.int64), np.asarray(cls, np.int32), np.asarray(x, np.float64),
+    x_arr = np.asarray(x, np.float64)
+    # the one conversion (near_miss's): bumper gaps stay as sent, box centres lose the half lengths
+    gap = criticality.box_offsets(x_arr, np.asarray(length, np.float64), np.asarray(ego_length, np.float64),
+                                  np.asarray(bumper, bool), to_gap=True)
+    return _Objects(np.asarray(seg, np.int64), np.asarray(cls, np.int32), x_arr,
                     np.asarray(y, np.float64), np.asarray(vx, np.float64), np.asarray(vy, np.float64),
-                    np.asarray(conf, np.float64), np.asarray(occl, bool), np.asarray(ax, np.float64))
+                    np.asarray(conf, np.float64), np.asarray(occl, bool), np.asarray(ax, np.float64), gap)
+
+
+@lru_cache(maxsize=1)
+def _default_ego_length_m() -> float:
+    """The ego's length where a summary does not send it: triggers.yaml criticality.ego_length_m."""
+    return float(load_config().criticality.ego_length_m)
 
 
 @dataclass
@@ -281,15 +300,16 @@ def label_seconds(seconds: Sequence[SecondParts], taxonomy: Taxonomy) -> LabelCo
     sink.value("agent.min_distance_m", has_pc & (count > 0), min_dist)
     sink.tag("agent.pedestrian_from_occlusion", has_pc, _seg_any(is_ped & o.occl, seg, n))
 
-    in_corridor = is_vehicle & (o.x > 0) & (o.x < th["lead_max_distance_m"]) \
+    # The lead: by bumper gap, whichever reading the summary sent (the legacy bumper gap: rel_x_m).
+    in_corridor = is_vehicle & (o.gap > 0) & (o.gap < th["lead_max_distance_m"]) \
         & (np.abs(o.y) < th["lead_corridor_half_width_m"])
     has_lead = _seg_any(in_corridor, seg, n)
     sink.tag("agent.lead_vehicle", has_pc, has_lead)
     cand = np.flatnonzero(in_corridor)
-    order = cand[np.lexsort((cand, o.x[cand], seg[cand]))]
+    order = cand[np.lexsort((cand, o.gap[cand], seg[cand]))]
     first = order[np.r_[True, seg[order][1:] != seg[order][:-1]]] if order.size else order
     gap, closing, accel = np.zeros(n), np.zeros(n), np.zeros(n)
-    gap[seg[first]] = o.x[first]
+    gap[seg[first]] = o.gap[first]
     closing[seg[first]] = -o.vx[first]
     accel[seg[first]] = o.ax[first]
     sink.value("agent.lead_distance_m", has_pc & has_lead, gap)

@@ -23,6 +23,8 @@ Measures (sources as in triggers.yaml's `criticality` section):
 
 - `time_to_collision`: the first time within `horizon_s` at which the predicted boxes overlap (0 if
   they overlap now), counted only when the relative speed then is at least `min_closing_mps`;
+- `box_offsets`: perception's `rel_x_m` read by the summary's position reference (bumper gap or box
+  centre), as the box centre's x or as the bumper gap, the one conversion between the two;
 - `forward_ttc`, `path_gap_m`: TTC of objects ahead and the bumper gap of objects in the path, what
   near_miss and the vehicle's in-second minima measure;
 - `longitudinal_ttc`: its one-dimensional case (gap ahead and closing speed only), the form the
@@ -214,17 +216,26 @@ def longitudinal_ttc(gap_m: Array, closing_mps: Array, min_closing_mps: float,
                              horizon_s, min_closing_mps, rel_accel_mps2, 0.0)
 
 
-def box_offsets(rel_x_m: Array, length_m: Array, ego_length_m: Array | float, bumper_gap: Array | bool) -> Array:
-    """The object box centre's x (m, from the ego box centre) from perception's `rel_x_m`.
+def box_offsets(rel_x_m: Array, length_m: Array, ego_length_m: Array | float, bumper_gap: Array | bool,
+                to_gap: bool = False) -> Array:
+    """Perception's `rel_x_m` in the other reading: the one conversion between the two (near_miss,
+    the labels' lead band and the replay's scenarios all call it).
 
     `bumper_gap` True: `rel_x_m` is the bumper gap (the ego's front bumper to the object's rear face,
-    i.e. the centre distance less the two half-lengths; the fleet's legacy reading); False: it is
-    already the centre distance. The summed half extent along x is (ego length + length) / 2."""
+    i.e. the centre distance less the two half-lengths; the fleet's legacy reading, what the
+    simulator sends); False: it is the box centre distance (BOX_CENTRE). The summed half extent along
+    x is (ego length + length) / 2 (m). Returns the object box centre's x from the ego box centre
+    (m), or with `to_gap` the bumper gap (m, ≤ 0 where the boxes overlap along x)."""
     ops = _ops(rel_x_m, length_m, ego_length_m)
     rx, ln, le = ops.asarray(rel_x_m), ops.asarray(length_m), ops.asarray(ego_length_m)
+    half = 0.5 * (ln + le)
+    # A value already in the wanted reading is returned as it is (bit for bit), not converted twice.
     if isinstance(bumper_gap, bool):
-        return rx + 0.5 * (ln + le) if bumper_gap else rx + 0.0 * (ln + le)
-    return ops.where(ops.asarray(bumper_gap) > 0, rx + 0.5 * (ln + le), rx)
+        if bumper_gap == to_gap:
+            return rx + 0.0 * half
+        return rx - half if to_gap else rx + half
+    is_gap = ops.asarray(bumper_gap) > 0
+    return ops.where(is_gap, rx, rx - half) if to_gap else ops.where(is_gap, rx + half, rx)
 
 
 def time_headway(gap_m: Array, ego_speed_mps: Array, min_speed_mps: float) -> Array:

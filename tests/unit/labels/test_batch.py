@@ -80,3 +80,28 @@ def test_lead_ttc_band_uses_the_shared_definition_with_the_leads_braking():
     assert "agent.lead_ttc_s" not in rows[1].values
     close = TX.tag("agent.lead_close").bit
     assert rows[0].tags >> close & 1 and not rows[1].tags >> close & 1
+
+
+def test_lead_band_reads_the_summarys_position_reference():
+    # One scene sent both ways: a 9 m truck whose rear is 10 m ahead of a 4.6 m ego's front bumper, closing at
+    # 4 m/s (TTC 2.5 s, lead_close), and a car beside it. Legacy bumper gaps say rel_x_m = 10; box centres say
+    # 10 + (9 + 4.6) / 2 = 16.8 m, and from an ego that sends its own 9 m box 10 + (9 + 9) / 2 = 19 m. Every
+    # reading gives the same lead distance (bumper gap), TTC and band; read as a gap the centre would say 4.2 s.
+    def scene(truck_x: float, car_x: float, **kw) -> pb.PerceptionSummary:
+        return perception([pb.PerceivedObject(object_class=pb.OBJECT_CLASS_TRUCK, rel_x_m=truck_x, rel_y_m=0.3,
+                                              rel_vx_mps=-4.0, length_m=9.0, width_m=2.5, confidence=0.9),
+                           pb.PerceivedObject(object_class=pb.OBJECT_CLASS_CAR, rel_x_m=car_x, rel_y_m=3.5,
+                                              length_m=4.6, width_m=1.9, confidence=0.9)], **kw)
+
+    summaries = [scene(10.0, 5.0), scene(10.0, 5.0, position_reference=pb.POSITION_REFERENCE_BUMPER_GAP),
+                 scene(16.8, 9.6, position_reference=pb.POSITION_REFERENCE_BOX_CENTRE),
+                 scene(19.0, 11.8, position_reference=pb.POSITION_REFERENCE_BOX_CENTRE, ego_length_m=9.0)]
+    rows = label_seconds([SecondParts("veh-1", T0 + 1000 * i, heartbeat(), pose(speed=10.0), s)
+                          for i, s in enumerate(summaries)], TX).rows(TX)
+    for row in rows:
+        assert row.values["agent.lead_distance_m"] == pytest.approx(10.0, abs=1e-5)
+        assert row.values["agent.lead_ttc_s"] == pytest.approx(2.5, abs=1e-5)
+        assert row.tag_value(TX.tag("agent.lead_close")) and row.tag_value(TX.tag("agent.lead_vehicle"))
+    # the legacy rows are the reference's, bit for bit
+    assert_same([SecondParts("veh-1", T0 + 1000 * i, heartbeat(), pose(speed=10.0), s)
+                 for i, s in enumerate(summaries[:2])])

@@ -105,6 +105,13 @@ def test_headway_and_box_offsets() -> None:
     # A bumper gap of 10 m between two 4.6 m cars is 14.6 m between their centres; a centre stays one.
     np.testing.assert_allclose(cr.box_offsets(np.array([10.0, 10.0]), 4.6, 4.6, np.array([True, False])),
                                [14.6, 10.0])
+    # ... and back: the bumper gap of a centre 14.6 m ahead is 10 m; a gap stays as sent, bit for bit.
+    gap = np.array([10.3, 14.9])
+    assert cr.box_offsets(gap, 4.6, 4.6, np.array([True, False]), to_gap=True).tolist() == [10.3, 14.9 - 4.6]
+    assert cr.box_offsets(gap, 4.6, 4.6, True, to_gap=True).tolist() == gap.tolist()
+    t = torch.tensor([14.6, 10.0], dtype=torch.float64)
+    assert cr.box_offsets(t, torch.tensor([4.6, 9.0], dtype=torch.float64), 4.6, torch.tensor([False, True]),
+                          to_gap=True).tolist() == pytest.approx([10.0, 10.0])
 
 
 def test_torch_matches_numpy_in_two_dimensions() -> None:
@@ -260,6 +267,32 @@ def test_box_centre_positions_and_the_ego_box_the_summary_sends() -> None:
     events = [e for e in detect_recording(envelopes, load_config()) if e.trigger == "near_miss"]
     assert "near_miss" not in legacy
     assert len(events) == 1 and events[0].measurements["min_ttc_s"] == pytest.approx(10.0 / 6.0, abs=1e-4)
+
+
+def test_near_miss_reads_one_scene_the_same_in_either_position_reference() -> None:
+    # The same drive sent with bumper gaps and with box centres (each object's rel_x_m + half the two lengths,
+    # from a 9 m ego that says so in both): the same events with the same TTC and distance.
+    d = syn.cruise("veh-1", 120, seed=3)
+    syn.close_object(d, 50, rel_x_m=9.0, closing_mps=6.0)
+    gaps = d.envelopes()
+    centres = d.envelopes()
+    for g, c in zip(gaps, centres, strict=True):
+        if g.WhichOneof("payload") != "perception":
+            continue
+        for env in (g, c):
+            env.perception.ego_length_m, env.perception.ego_width_m = 9.0, 2.5
+        g.perception.position_reference = common_pb2.POSITION_REFERENCE_BUMPER_GAP
+        c.perception.position_reference = common_pb2.POSITION_REFERENCE_BOX_CENTRE
+        for o in c.perception.objects:
+            o.rel_x_m = float(cr.box_offsets(np.float64(o.rel_x_m), np.float64(o.length_m), 9.0, True))
+    by_gap = [e for e in detect_recording(gaps, load_config()) if e.trigger == "near_miss"]
+    by_centre = [e for e in detect_recording(centres, load_config()) if e.trigger == "near_miss"]
+    assert len(by_gap) == 1 and by_gap[0].measurements["min_ttc_s"] == pytest.approx(1.5, abs=1e-5)
+    assert [(e.onset_ms, e.peak_ms, e.end_ms) for e in by_centre] == [(e.onset_ms, e.peak_ms, e.end_ms) for e in by_gap]
+    for a, b in zip(by_gap, by_centre, strict=True):
+        assert a.measurements.keys() == b.measurements.keys()
+        for key, value in a.measurements.items():
+            assert b.measurements[key] == pytest.approx(value, abs=1e-4), key
 
 
 def braking_before_impact(decel_samples: int) -> syn.SyntheticDrive:
