@@ -7,13 +7,18 @@ relative to the ego), heartbeats (city) and the `fleetloop.upload` metadata (cas
 `from_minilog` puts the ego on the scenario's 10 Hz grid, moves every detection into the map frame
 with the ego pose of its time, associates detections by `track_id`, interpolates linearly between
 detections of a track up to `fill_gap_s` apart (those steps are `filled`) and reads weather, light
-and road type from the perception of the current step. The minilog carries the planner's candidate
-costs, not its path: `planner_xy` stays empty and the costs' gap becomes the tag `planner_gap:<g>`.
+and road type from the perception of the current step. Positions become box centres on reading: a
+summary's `rel_x_m` is read by its `position_reference` (unset or BUMPER_GAP: the bumper gap, what
+the simulator sends; BOX_CENTRE: the centre distance) through `criticality.box_offsets`, the
+conversion near_miss and the labels use, with the summary's ego length or else the scenario's. The
+minilog carries the planner's candidate costs, not its path: `planner_xy` stays empty and the
+costs' gap becomes the tag `planner_gap:<g>`.
 
 `TruthRecorder` runs beside the simulator and keeps, per second, the objects the simulator placed
-around a vehicle (in float64, before serialisation) and its ego pose; `from_ground_truth` turns them
-into the same layout, each object moving at its own velocity between seconds (the simulator's model
-of its agents) instead of being interpolated. `perception_error` compares the two by track id.
+around a vehicle (in float64, before serialisation; bumper gaps, like its perception, turned into
+box centres the same way) and its ego pose; `from_ground_truth` turns them into the same layout,
+each object moving at its own velocity between seconds (the simulator's model of its agents)
+instead of being interpolated. `perception_error` compares the two by track id.
 
 Vehicle events inside the window become tags `event:<kind>` (`event:contact`, `event:takeover`, ...).
 Track ids travel in the tag `tracks:<id of slot 0>,<id of slot 1>,...` (-1 for the ego and empty
@@ -36,6 +41,7 @@ from fleetloop.replay.generator import Window
 from fleetloop.replay.maps import MapLayout, MapProvider, pad_map
 from fleetloop.replay.scenario import AgentClass, AgentModel, ScenarioBatch, ScenarioError, ScenarioMeta
 from fleetloop.sim.fleet import FleetSimulator, SimSecond
+from fleetloop.triggers import criticality
 from fleetloop.v1 import common_pb2
 from fleetloop.vehicle.logs import CHANNELS, read_mcap
 
@@ -74,8 +80,10 @@ def _pose_samples(pose: common_pb2.PoseBatch) -> dict[int, tuple[float, float, f
 @dataclass
 class Detections:
     """Objects of 1 Hz summaries, one row each, in the ego frame of `t_ms`: track_id, object_class
-    (int64), rel_x/rel_y (m, x ahead, y left), rel_vx/rel_vy (m/s, relative to the ego), length/width
-    (m), emerged (bool: from occlusion)."""
+    (int64), rel_x/rel_y (m, x ahead, y left) of the object box's centre from the ego box's centre
+    (rel_x: the summary's `rel_x_m` through `criticality.box_offsets`, whichever position reference
+    the summary used), rel_vx/rel_vy (m/s, relative to the ego), length/width (m), emerged (bool: from
+    occlusion)."""
 
     t_ms: np.ndarray
     track_id: np.ndarray
@@ -115,13 +123,28 @@ def track_ids(meta: ScenarioMeta) -> list[int]:
 
 
 def _detection_row(t_ms: int, o: common_pb2.PerceivedObject) -> tuple:
+    """One `Detections` row as the object says it (`rel_x_m` in its summary's reading)."""
     return (t_ms, o.track_id, o.object_class, o.rel_x_m, o.rel_y_m, o.rel_vx_mps, o.rel_vy_mps, o.length_m,
             o.width_m, o.emerged_from_occlusion)
 
 
-def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
-    """The ego samples, the detections and the context of a minilog MCAP (`vehicle/logs.read_mcap`).
-    Raises ScenarioError when the file has no ego pose or an empty window."""
+def _reading(summary: common_pb2.PerceptionSummary, ego_length_m: float) -> tuple[float, bool]:
+    """How a summary's `rel_x_m` reads: (the ego's length, m: its own when it sends one, else
+    `ego_length_m`; bumper gap: True for UNSPECIFIED and BUMPER_GAP, False for BOX_CENTRE)."""
+    ego_l = summary.ego_length_m if summary.HasField("ego_length_m") and summary.ego_length_m > 0 else ego_length_m
+    return ego_l, summary.position_reference != common_pb2.POSITION_REFERENCE_BOX_CENTRE
+
+
+def _to_centres(det: Detections, ego_length_m: np.ndarray | float, bumper_gap: np.ndarray | bool) -> Detections:
+    """`det` with `rel_x` turned into box centre distances (`criticality.box_offsets`)."""
+    return replace(det, rel_x=criticality.box_offsets(det.rel_x, det.length, ego_length_m, bumper_gap))
+
+
+def read_minilog(mcap_bytes: bytes, ego_length_m: float = VAN_SIZE_M[0]) -> tuple[EgoLog, Detections, Context]:
+    """The ego samples, the detections and the context of a minilog MCAP (`vehicle/logs.read_mcap`);
+    the detections' positions are box centres (`_reading`; `ego_length_m`: the ego's length
+    where a summary does not send it). Raises ScenarioError when the file has no ego pose or an empty
+    window."""
     metadata, messages = read_mcap(mcap_bytes)
     case = metadata.get("case_id", "")
     name = f"minilog {case or '?'}"
@@ -131,12 +154,14 @@ def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
     ctx = Context(case_id=case, vehicle_id=metadata.get("vehicle_id", ""))
     poses: dict[int, tuple] = {}
     rows: list[tuple] = []
+    readings: list[tuple[float, bool]] = []
     for channel, _, env in messages:
         if channel == CHANNELS[topics.POSE]:
             poses.update(_pose_samples(env.pose))
         elif channel == CHANNELS[topics.PERCEPTION]:
             ctx.summaries.append((env.event_time_ms, env.perception))
             rows += [_detection_row(env.event_time_ms, o) for o in env.perception.objects]
+            readings += [_reading(env.perception, ego_length_m)] * len(env.perception.objects)
         elif channel == CHANNELS[topics.HEARTBEAT] and not ctx.city:
             ctx.city = env.heartbeat.city
         elif channel == CHANNELS[topics.EVENTS]:
@@ -144,17 +169,20 @@ def read_minilog(mcap_bytes: bytes) -> tuple[EgoLog, Detections, Context]:
         ctx.vehicle_id = ctx.vehicle_id or env.vehicle_id
     if not poses:
         raise ScenarioError(f"{name}: no ego pose in the file ({len(messages)} messages)")
-    return EgoLog.from_samples(poses), Detections.from_rows(rows), ctx
+    ego_l = np.array([r[0] for r in readings], dtype=np.float64)
+    bumper = np.array([r[1] for r in readings], dtype=bool)
+    return EgoLog.from_samples(poses), _to_centres(Detections.from_rows(rows), ego_l, bumper), ctx
 
 
 def from_minilog(mcap_bytes: bytes, map_provider: MapProvider, config: ReplayConfig, at_ms: int | None = None,
                  device: torch.device | str = "cpu", ego_size_m: tuple[float, float] = VAN_SIZE_M) -> ScenarioBatch:
     """One scenario from a minilog: the counterfactual starts at `at_ms` (default: the latest time whose
     horizon the log still covers, which for the fleet's 10 s + 5 s case window is 3 s before the
-    trigger); the ego box is `ego_size_m` (length, width; the log does not say). Raises ScenarioError
+    trigger); the ego box is `ego_size_m` (length, width; the log does not say), whose length also
+    reads the summaries' `rel_x_m` unless a summary sends its own `ego_length_m`. Raises ScenarioError
     for a file without ego pose, an empty window, an `at_ms` the log does not cover, or a detection
     without size."""
-    ego, det, ctx = read_minilog(mcap_bytes)
+    ego, det, ctx = read_minilog(mcap_bytes, ego_size_m[0])
     return _scenario(ego, det, ctx, at_ms, map_provider, config, "minilog", device, ego_size_m)
 
 
@@ -391,8 +419,9 @@ class TruthRecorder:
         size = TRUCK_SIZE_M if veh.kind == "truck" else VAN_SIZE_M
         incidents = [(i.start_ms, i.end_ms, i.kind, i.incident_id) for i in self.sim.ground_truth.incidents
                      if i.vehicle_id == vehicle_id]
-        return TruthLog(vehicle_id, veh.city.name, EgoLog.from_samples(poses),
-                        Detections.from_rows(self._rows[vehicle_id]), size, incidents)
+        # the simulator's positions are bumper gaps (as its perception sends them)
+        objects = _to_centres(Detections.from_rows(self._rows[vehicle_id]), size[0], True)
+        return TruthLog(vehicle_id, veh.city.name, EgoLog.from_samples(poses), objects, size, incidents)
 
 
 def from_ground_truth(truth: TruthLog, at_ms: int, map_provider: MapProvider, config: ReplayConfig,

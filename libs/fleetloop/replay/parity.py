@@ -11,8 +11,11 @@ What the rollout supplies, over the steps the candidate drives (from `current_st
   applied acceleration (the last step's unused action is unknown); yaw rate = speed × curvature.
   Values outside the trigger configuration's `sanity` bounds are masked as `build_frames` masks them;
 - one perception summary per second, at the first sample of the second: every other valid agent in
-  the ego's frame, `rel_x_m`/`rel_y_m` its centre (x ahead, y left), `rel_vx_mps`/`rel_vy_mps` its
-  velocity relative to the ego's, its class, confidence 1 (the rollout's agents are truth);
+  the ego's frame, `rel_x_m`/`rel_y_m` its box centre from the ego's (x ahead, y left), so the
+  summary's position reference is BOX_CENTRE (`bumper_gap` False) and it carries the boxes: the
+  agents' and the ego's length and width from the scenario, which `criticality.box_offsets` reads
+  as near_miss reads a vehicle's summaries; `rel_vx_mps`/`rel_vy_mps` its velocity relative to the
+  ego's, its class, confidence 1 (the rollout's agents are truth);
 - the task is running throughout; no planner outputs, no vehicle events (the triggers that need
   them stay silent).
 """
@@ -49,6 +52,8 @@ def rollout_frames(rollout: Rollout, scen: ScenarioBatch, pairs: Sequence[tuple[
     accel, curv = pick(rollout.accel).astype(np.float64), pick(rollout.curvature).astype(np.float64)
     valid = pick(rollout.valid)
     cls = scen.agent_class.cpu().numpy()[[s for s, _ in pairs]]
+    rows = [s for s, _ in pairs]
+    length, width = (q.cpu().numpy().astype(np.float64)[rows] for q in (scen.length, scen.width))
     steps = np.arange(cs, t)
     out = []
     for i, (s, _) in enumerate(pairs):
@@ -99,6 +104,8 @@ def rollout_frames(rollout: Rollout, scen: ScenarioBatch, pairs: Sequence[tuple[
             obj_class=cls[i, 1:][agent].astype(np.int64), obj_rel_x_m=obj[0], obj_rel_y_m=obj[1],
             obj_rel_vx_mps=obj[2], obj_rel_vy_mps=obj[3], obj_confidence=np.ones(n_obj),
             obj_emerged=np.zeros(n_obj, dtype=bool), obj_valid=obj_ok,
+            obj_length_m=length[i, 1:][agent], obj_width_m=width[i, 1:][agent], bumper_gap=np.zeros(m, dtype=bool),
+            ego_length_m=np.full(m, length[i, EGO]), ego_width_m=np.full(m, width[i, EGO]),
             ev_t_ms=np.zeros(0, dtype=np.int64), ev_kind=np.zeros(0, dtype=np.int64),
             ev_to_mode=np.zeros(0, dtype=np.int64), ev_value=np.zeros(0), ev_module=[], ev_code=[], ev_text=[],
             ev_source=[], masked=int((~speed_ok).sum() + (~yaw_ok).sum()),

@@ -122,7 +122,9 @@ def test_detections_land_where_the_summary_put_them_and_the_rest_is_filled(fleet
             if obj.track_id not in ids:
                 continue
             slot = ids.index(obj.track_id)
-            wx, wy = rotate(obj.rel_x_m, obj.rel_y_m, eh)
+            # the simulator sends bumper gaps: the box centre is half the two lengths further
+            ego_l = summary.ego_length_m if summary.HasField("ego_length_m") else 4.6
+            wx, wy = rotate(obj.rel_x_m + 0.5 * (obj.length_m + ego_l), obj.rel_y_m, eh)
             lx, ly = rotate(ex + wx - meta.origin_x_m, ey + wy - meta.origin_y_m, -meta.origin_heading_rad)
             assert float(perceived.x[0, slot, k]) == pytest.approx(lx, abs=2e-3)
             assert float(perceived.y[0, slot, k]) == pytest.approx(ly, abs=2e-3)
@@ -210,9 +212,12 @@ ROAD = PolylineMap([])  # hand-built files below need no map
 
 
 def hand_minilog(detections: dict[int, list[tuple]], *, poses: bool = True, seconds: int = 12,
-                 window: tuple[int, int] | None = None, events: dict[int, int] | None = None) -> bytes:
+                 window: tuple[int, int] | None = None, events: dict[int, int] | None = None,
+                 reference: int = common_pb2.POSITION_REFERENCE_UNSPECIFIED,
+                 ego_length_m: float | None = None) -> bytes:
     """Straight driving at 10 m/s along +x (tests/support/fleetdata), a perception summary per second with the
-    given objects {second: [(track, rel_x, rel_y, rel_vx, length, width)]}, vehicle events {second: kind}."""
+    given objects {second: [(track, rel_x, rel_y, rel_vx, length, width)]}, their rel_x read by `reference`,
+    the summaries sending `ego_length_m` when given; vehicle events {second: kind}."""
     items = []
     for s, kind in (events or {}).items():
         t = T0_MS + 1000 * s + 300
@@ -228,6 +233,9 @@ def hand_minilog(detections: dict[int, list[tuple]], *, poses: bool = True, seco
         env = common_pb2.Envelope(schema_version=1, vehicle_id="veh-h", event_time_ms=t, message_id=f"veh-h/pe/{t}")
         env.perception.weather = common_pb2.WEATHER_FOG
         env.perception.light = common_pb2.LIGHT_NIGHT
+        env.perception.position_reference = reference
+        if ego_length_m is not None:
+            env.perception.ego_length_m = ego_length_m
         for track, x, y, vx, length, width in detections.get(s, []):
             env.perception.objects.add(track_id=track, object_class=common_pb2.OBJECT_CLASS_CAR, rel_x_m=x, rel_y_m=y,
                                        rel_vx_mps=vx, length_m=length, width_m=width, confidence=0.9)
@@ -254,11 +262,48 @@ def test_tracks_are_interpolated_across_one_missed_second_not_two():
     assert np.array_equal(valid, expect_valid)
     detected = np.any([np.abs(t_s - d) < 1e-6 for d in (1, 2, 4, 7)], axis=0)
     assert np.array_equal(filled, expect_valid & ~detected)
-    # positions in the ego frame of t = 2 s (the ego at x = 20 m): 30 + 4 t - 20, exact when motion is uniform
+    # box centres in the ego frame of t = 2 s (the ego at x = 20 m): the bumper gap 30 + 4 t - 20 plus the
+    # two half lengths (4.6 m car, 4.6 m ego), exact when motion is uniform
     x = scen.x[0, slot].numpy()
-    assert np.allclose(x[valid], (30.0 + 4.0 * t_s - 20.0)[valid], atol=1e-3)
+    assert np.allclose(x[valid], (30.0 + 4.0 * t_s - 20.0 + 4.6)[valid], atol=1e-3)
     assert np.allclose(scen.speed[0, slot].numpy()[valid], 4.0, atol=1e-4)
     assert np.allclose(scen.vx[0, slot].numpy()[valid], 4.0, atol=1e-4)
+
+
+def test_one_scene_in_either_position_reference_is_one_scenario():
+    # A 9 m truck closing on the ego and a car beside it, sent as bumper gaps (unset and BUMPER_GAP) and as box
+    # centres (gap + half the two lengths: the 4.6 m van, or the 9 m ego a summary says it has): the same
+    # scenario tensors, the truck's centre 20 + (9 + 4.6) / 2 m ahead of the ego's at the current step.
+    def objects(shift):
+        return {s: [(3, 20.0 - 4.0 * (s - 2) + shift(9.0), 0.2, -4.0, 9.0, 2.5),
+                    (4, 6.0 + shift(4.6), 3.5, 0.0, 4.6, 1.9)] for s in range(12)}
+
+    def build(data: bytes):
+        return from_minilog(data, ROAD, CFG, at_ms=T0_MS + 2000)
+
+    same = build(hand_minilog(objects(lambda length: 0.0)))
+    cases = {
+        "bumper gap": build(hand_minilog(objects(lambda length: 0.0),
+                                         reference=common_pb2.POSITION_REFERENCE_BUMPER_GAP)),
+        "centre": build(hand_minilog(objects(lambda length: 0.5 * (length + 4.6)),
+                                     reference=common_pb2.POSITION_REFERENCE_BOX_CENTRE)),
+        "gap, ego box sent": build(hand_minilog(objects(lambda length: 0.0), ego_length_m=9.0)),
+    }
+    truck_slot = track_ids(same.meta[0]).index(3)
+    assert float(same.x[0, truck_slot, same.current_step]) == pytest.approx(20.0 + 0.5 * (9.0 + 4.6), abs=1e-4)
+    for name, scen in cases.items():
+        for field in ("x", "y", "vx", "vy", "speed", "heading", "valid", "filled", "length", "width", "agent_class"):
+            if name == "gap, ego box sent" and field == "x":
+                continue
+            torch.testing.assert_close(getattr(scen, field), getattr(same, field), atol=2e-5, rtol=0, msg=name)
+        assert track_ids(scen.meta[0]) == track_ids(same.meta[0]), name
+    # the ego box the summary sends reads its gaps: the truck's centre is (9 − 4.6) / 2 m further
+    sent = cases["gap, ego box sent"]
+    torch.testing.assert_close(sent.x[0, truck_slot][sent.valid[0, truck_slot]],
+                               same.x[0, truck_slot][same.valid[0, truck_slot]] + 2.2, atol=2e-5, rtol=0)
+    centre_9m = build(hand_minilog(objects(lambda length: 0.5 * (length + 9.0)), ego_length_m=9.0,
+                                   reference=common_pb2.POSITION_REFERENCE_BOX_CENTRE))
+    torch.testing.assert_close(centre_9m.x, sent.x, atol=2e-5, rtol=0)
 
 
 def test_bad_minilogs_get_precise_errors():

@@ -9,7 +9,7 @@ import torch
 from fleetloop.replay.costs import ego_frame
 from fleetloop.replay.parity import fired_triggers, rollout_frames
 from fleetloop.triggers import load_config
-from fleetloop.triggers.criticality import longitudinal_ttc
+from fleetloop.triggers.criticality import box_offsets, longitudinal_ttc
 
 from tests.support.replaydata import DT, constant, drive, scenario
 
@@ -21,9 +21,10 @@ def fired(counts: dict[str, int]) -> dict[str, int]:
 
 
 def test_hard_brake_with_a_car_ahead_and_gentle_driving_fires_nothing() -> None:
-    # A stalled car 25 m ahead in the path, the ego at 10 m/s: braking at 7 m/s² stops it in 7 m; braking
-    # at 3.5 m/s² (below the 4 m/s² threshold) stops it in 14 m with the trigger's TTC never below 2.5 s.
-    scen = scenario([(25.0, 0.3, 0.0)], t=60)
+    # A stalled car 25 m ahead in the path (bumper gap; its centre 25 + (4.5 + 4.5) / 2 m), the ego at
+    # 10 m/s: braking at 7 m/s² stops it in 7 m; braking at 3.5 m/s² (below the 4 m/s² threshold) stops it
+    # in 14 m with the trigger's TTC never below 2.5 s.
+    scen = scenario([(29.5, 0.3, 0.0)], t=60)
     r = drive(scen, constant(scen, [-7.0, -3.5]))
     counts = fired_triggers(r, scen, [(0, 0), (0, 1)])
     assert set(counts[0]) >= {"hard_brake", "phantom_stop", "near_miss", "weaving", "stop_not_go"}
@@ -32,8 +33,9 @@ def test_hard_brake_with_a_car_ahead_and_gentle_driving_fires_nothing() -> None:
 
 
 def test_a_near_miss_answered_by_a_hard_brake_is_one_incident() -> None:
-    # The stalled car 18 m ahead: TTC 1.8 s at the current step, a near miss; braking at 7 m/s² answers
-    # it, so near_miss yields to hard_brake (the rollout's deceleration reaches the trigger's summaries).
+    # The stalled car's centre 18 m ahead (bumper gap 13.5 m): TTC 1.35 s at the current step, a near
+    # miss; braking at 7 m/s² answers it, so near_miss yields to hard_brake (the rollout's deceleration
+    # reaches the trigger's summaries).
     scen = scenario([(18.0, 0.3, 0.0)], t=60)
     r = drive(scen, constant(scen, [-7.0]))
     assert fired(fired_triggers(r, scen, [(0, 0)])[0]) == {"hard_brake": 1}
@@ -49,9 +51,9 @@ def test_braking_for_an_empty_road_is_a_phantom_stop() -> None:
 
 
 def test_close_approach_fires_near_miss() -> None:
-    # A car 20 m ahead at 2 m/s, the ego at 10 m/s keeps going: the trigger's TTC (centre gap / closing)
-    # falls below 2 s before contact. Braking gently at 2.5 m/s² keeps TTC above it.
-    scen = scenario([(20.0, 0.0, 2.0)], t=40)
+    # A car 20 m ahead (bumper gap; centre 24.5 m) at 2 m/s, the ego at 10 m/s keeps going: the trigger's
+    # TTC (bumper gap / closing) falls below 2 s before contact. Braking gently at 2.5 m/s² keeps TTC above it.
+    scen = scenario([(24.5, 0.0, 2.0)], t=40)
     r = drive(scen, constant(scen, [0.0, -2.5]))
     counts = fired_triggers(r, scen, [(0, 0), (0, 1)])
     assert fired(counts[0]) == {"near_miss": 1}
@@ -81,16 +83,22 @@ def test_frames_carry_time_and_the_ego_frame() -> None:
     assert not f.accel_valid[-1] and np.allclose(f.accel_lon_mps2[:-1], -1.0)
 
 
-def test_replay_gap_is_the_trigger_gap_less_the_half_lengths() -> None:
-    # The same moment through both: the trigger reads the lead's centre 25 m ahead closing at 5 m/s
-    # (TTC 5 s); the replay's bumper gap is 25 − (2.25 + 2.25) m, so its TTC is 5 − 4.5 / 5 = 4.1 s.
+def test_the_trigger_reads_the_replay_gap() -> None:
+    # The same moment through both: the rollout's frames send the lead's box centre 25 m ahead (BOX_CENTRE,
+    # with the boxes), which the trigger's one conversion reads as the bumper gap 25 − (2.25 + 2.25) m, the
+    # replay's own gap: both TTCs are 20.5 / 5 = 4.1 s.
     scen = scenario([(30.0, 0.0, 5.0)], t=40)
     r = drive(scen, constant(scen, [0.0]))
     (f,) = rollout_frames(r, scen, [(0, 0)], CFG.section("sanity"))
     row = f.obj_row == 1                                  # one second after the current step
-    trigger_ttc = longitudinal_ttc(f.obj_rel_x_m[row], -f.obj_rel_vx_mps[row], 0.5)
+    assert f.obj_rel_x_m[row].tolist() == pytest.approx([25.0], abs=1e-5)
+    assert not f.bumper_gap.any()
+    assert (f.obj_length_m[row].tolist(), f.ego_length_m[1]) == ([4.5], 4.5)
+    gap = box_offsets(f.obj_rel_x_m[row], f.obj_length_m[row], f.ego_length_m[f.obj_row[row]],
+                      f.bumper_gap[f.obj_row[row]], to_gap=True)
+    trigger_ttc = longitudinal_ttc(gap, -f.obj_rel_vx_mps[row], 0.5)
     g = ego_frame(r, scen)
     step = 10 - 1                                         # future steps start one after the current step
     replay_ttc = longitudinal_ttc(g.gap_x[0, 0, 0, step], g.closing[0, 0, 0, step], 0.5)
-    assert trigger_ttc.tolist() == pytest.approx([5.0], abs=1e-5)
+    assert trigger_ttc.tolist() == pytest.approx([5.0 - 4.5 / 5.0], abs=1e-5)
     assert float(replay_ttc) == pytest.approx(5.0 - 4.5 / 5.0, abs=1e-5)
