@@ -128,7 +128,7 @@ def _detection_row(t_ms: int, o: common_pb2.PerceivedObject) -> tuple:
             o.width_m, o.emerged_from_occlusion)
 
 
-def _reading(summary: common_pb2.PerceptionSummary, ego_length_m: float) -> tuple[float, bool]:
+def position_reading(summary: common_pb2.PerceptionSummary, ego_length_m: float) -> tuple[float, bool]:
     """How a summary's `rel_x_m` reads: (the ego's length, m: its own when it sends one, else
     `ego_length_m`; bumper gap: True for UNSPECIFIED and BUMPER_GAP, False for BOX_CENTRE)."""
     ego_l = summary.ego_length_m if summary.HasField("ego_length_m") and summary.ego_length_m > 0 else ego_length_m
@@ -142,7 +142,7 @@ def _to_centres(det: Detections, ego_length_m: np.ndarray | float, bumper_gap: n
 
 def read_minilog(mcap_bytes: bytes, ego_length_m: float = VAN_SIZE_M[0]) -> tuple[EgoLog, Detections, Context]:
     """The ego samples, the detections and the context of a minilog MCAP (`vehicle/logs.read_mcap`);
-    the detections' positions are box centres (`_reading`; `ego_length_m`: the ego's length
+    the detections' positions are box centres (`position_reading`; `ego_length_m`: the ego's length
     where a summary does not send it). Raises ScenarioError when the file has no ego pose or an empty
     window."""
     metadata, messages = read_mcap(mcap_bytes)
@@ -161,7 +161,7 @@ def read_minilog(mcap_bytes: bytes, ego_length_m: float = VAN_SIZE_M[0]) -> tupl
         elif channel == CHANNELS[topics.PERCEPTION]:
             ctx.summaries.append((env.event_time_ms, env.perception))
             rows += [_detection_row(env.event_time_ms, o) for o in env.perception.objects]
-            readings += [_reading(env.perception, ego_length_m)] * len(env.perception.objects)
+            readings += [position_reading(env.perception, ego_length_m)] * len(env.perception.objects)
         elif channel == CHANNELS[topics.HEARTBEAT] and not ctx.city:
             ctx.city = env.heartbeat.city
         elif channel == CHANNELS[topics.EVENTS]:

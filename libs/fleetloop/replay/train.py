@@ -38,6 +38,7 @@ from fleetloop.replay.config import ReplayConfig
 from fleetloop.replay.dynamics import inverse_bicycle
 from fleetloop.replay.features import FEATURES, ObservationFeatures
 from fleetloop.replay.maps import piece_line
+from fleetloop.replay.minilog import TRUCK_SIZE_M, VAN_SIZE_M, position_reading
 from fleetloop.replay.policies import (
     ActionBounds,
     BehaviourCloningPolicy,
@@ -49,6 +50,7 @@ from fleetloop.replay.policies import (
 from fleetloop.replay.scenario import EGO, AgentClass, MapKind, ScenarioBatch, ScenarioMeta
 from fleetloop.sim import FleetSimulator, SimConfig
 from fleetloop.sim.world import CurveBank, Piece
+from fleetloop.triggers import criticality
 
 VERTICES = 17  # per lane polyline: every second point of the simulator's 33-point piece tables
 
@@ -56,8 +58,9 @@ VERTICES = 17  # per lane polyline: every second point of the simulator's 33-poi
 @dataclass
 class VehicleLog:
     """One simulated vehicle: 10 Hz ego pose (world frame, m, rad, m/s), per second the perceived
-    objects `[n, 8]` (track id, class, rel x, rel y, rel vx, rel vy, length, width), the route position
-    at the end of every second (m) and every route piece it was given, by start position."""
+    objects `[n, 8]` (track id, class, rel x, rel y, rel vx, rel vy, length, width; rel x: the object
+    box centre's distance ahead of the ego box centre, whatever reading the summary sent), the route
+    position at the end of every second (m) and every route piece it was given, by start position."""
 
     kind: str
     t_ms: list[np.ndarray]
@@ -86,9 +89,15 @@ def run_fleet(vehicles: int, duration_s: int, sim_seed: int) -> tuple[list[Vehic
                 log.heading.append(cols["heading_rad"].astype(np.float64))
                 log.speed.append(cols["speed_mps"].astype(np.float64))
             elif topic == topics.PERCEPTION:
-                log.objects.append(np.array([[o.track_id, o.object_class, o.rel_x_m, o.rel_y_m, o.rel_vx_mps,
-                                              o.rel_vy_mps, o.length_m, o.width_m]
-                                             for o in env.perception.objects], dtype=np.float64).reshape(-1, 8))
+                obj = np.array([[o.track_id, o.object_class, o.rel_x_m, o.rel_y_m, o.rel_vx_mps, o.rel_vy_mps,
+                                 o.length_m, o.width_m] for o in env.perception.objects],
+                               dtype=np.float64).reshape(-1, 8)
+                # rel_x_m read by the summary's position reference (the simulator's: bumper gaps from its own
+                # ego box) and turned into the box centre distance the windows place, as minilog does
+                sim_ego_l = (TRUCK_SIZE_M if log.kind == "truck" else VAN_SIZE_M)[0]
+                ego_l, bumper_gap = position_reading(env.perception, sim_ego_l)
+                obj[:, 2] = criticality.box_offsets(obj[:, 2], obj[:, 6], ego_l, bumper_gap)
+                log.objects.append(obj)
         for i, veh in enumerate(sim.vehicles):
             logs[i].s_end.append(float(sim.state.pos_m[i]))
             for piece in veh.pieces:

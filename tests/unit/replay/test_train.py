@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import typer
+from fleetloop import topics
 from fleetloop.commands.replay_train import policies, train
 from fleetloop.replay.config import load_config
 from fleetloop.replay.features import FEATURES, ObservationFeatures
@@ -22,8 +24,9 @@ from fleetloop.replay.policies import (
     sha256_file,
 )
 from fleetloop.replay.scenario import AGENT_FIELDS, EGO, AgentClass, MapKind, ScenarioBatch, ScenarioMeta, concat
-from fleetloop.replay.train import cloning_samples, simulated_driving, train_behaviour_cloning
+from fleetloop.replay.train import cloning_samples, run_fleet, simulated_driving, train_behaviour_cloning
 from fleetloop.replay.world import WorldModel
+from fleetloop.sim import FleetSimulator, SimConfig
 from typer.testing import CliRunner
 
 # A small fleet and budget: 6 vehicles x 4 min is ~100 windows and ~8 k samples, trained in seconds.
@@ -185,3 +188,25 @@ def test_cloning_samples_leave_out_stops_and_lane_changes():
     assert owner.tolist() == [0] * 19 + [2] * 10  # cruise: steps 0..18; stop: none; lane change: steps 0..9
     assert torch.allclose(y[:19], torch.zeros(19, 2), atol=1e-4)  # constant speed, straight: no action
     assert torch.allclose(x[:19, FEATURES.index("speed_mps")], torch.full((19,), 8.0))
+
+
+def test_the_fleet_logs_box_centres_from_the_simulators_bumper_gaps():
+    # The simulator sends bumper gaps (position_reference unset or BUMPER_GAP, its van 4.6 m, its truck 9 m);
+    # the cloning windows place box centres: the gap plus the two half lengths, through criticality.box_offsets.
+    logs, _ = run_fleet(3, 20, 5)
+    sim = FleetSimulator(SimConfig(vehicles=3, duration_s=20, seed=5, incidents=[]))
+    index = {v.vehicle_id: i for i, v in enumerate(sim.vehicles)}
+    sent: list[list[np.ndarray]] = [[] for _ in sim.vehicles]
+    for sec in sim.seconds():
+        for topic, env in sec.messages:
+            if topic == topics.PERCEPTION:
+                sent[index[env.vehicle_id]].append(np.array([[o.rel_x_m, o.length_m] for o in env.perception.objects],
+                                                            dtype=np.float64).reshape(-1, 2))
+    seen = 0
+    for log, raw in zip(logs, sent, strict=True):
+        ego_l = 9.0 if log.kind == "truck" else 4.6
+        assert len(log.objects) == len(raw)
+        for obj, gap in zip(log.objects, raw, strict=True):
+            np.testing.assert_allclose(obj[:, 2], gap[:, 0] + 0.5 * (gap[:, 1] + ego_l), rtol=0, atol=1e-9)
+            seen += len(obj)
+    assert seen > 0
