@@ -97,23 +97,45 @@ def build_triggers(config: TriggerConfig) -> list[Trigger]:
     return [REGISTRY[name](spec, config) for name, spec in config.triggers.items() if spec.enabled]
 
 
-def nearest_in_path(frames: Frames, half_width_m: float, lookahead_m: float, lookahead_s: float = 0.0) -> np.ndarray:
-    """Per second row (m,): distance (m) to the nearest valid object ahead in the ego path, inf if none.
-    The path reaches `lookahead_s` × the second's ego speed ahead, never less than `lookahead_m`."""
-    return frames.memo(("nearest_in_path", half_width_m, lookahead_m, lookahead_s),
-                       lambda: per_row_min(frames, in_path(frames, half_width_m, lookahead_m, lookahead_s),
-                                           frames.obj_rel_x_m))
+def nearest_in_path(frames: Frames, half_width_m: float, lookahead_m: float, lookahead_s: float,
+                    ego_length_m: float) -> np.ndarray:
+    """Per second row (m,): bumper gap (m) to the nearest valid object ahead in the ego path, inf if
+    none. The path reaches `lookahead_s` × the second's ego speed ahead, never less than
+    `lookahead_m`; `ego_length_m`: the ego's length where a summary does not send its own."""
+    return frames.memo(("nearest_in_path", half_width_m, lookahead_m, lookahead_s, ego_length_m),
+                       lambda: per_row_min(frames, in_path(frames, half_width_m, lookahead_m, lookahead_s,
+                                                           ego_length_m), bumper_gaps_m(frames, ego_length_m)))
 
 
-def in_path(frames: Frames, half_width_m: float, lookahead_m: float, lookahead_s: float = 0.0) -> np.ndarray:
-    """Per object (k,): valid, ahead within the lookahead (`nearest_in_path`) and laterally within
-    `half_width_m` (centre corridor)."""
+def in_path(frames: Frames, half_width_m: float, lookahead_m: float, lookahead_s: float,
+            ego_length_m: float) -> np.ndarray:
+    """Per object (k,): valid, its bumper gap ahead within the lookahead (`nearest_in_path`) and
+    laterally within `half_width_m` (centre corridor)."""
     def compute() -> np.ndarray:
         reach = criticality.lookahead_m(frames.ego_speed_mps, lookahead_s, lookahead_m)[frames.obj_row]
-        return (frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (frames.obj_rel_x_m > 0)
-                & (frames.obj_rel_x_m <= reach))
+        gap = bumper_gaps_m(frames, ego_length_m)
+        return frames.obj_valid & (np.abs(frames.obj_rel_y_m) <= half_width_m) & (gap > 0) & (gap <= reach)
 
-    return frames.memo(("in_path", half_width_m, lookahead_m, lookahead_s), compute)
+    return frames.memo(("in_path", half_width_m, lookahead_m, lookahead_s, ego_length_m), compute)
+
+
+def ego_length_per_object(frames: Frames, ego_length_m: float) -> np.ndarray | float:
+    """The ego's length (m) for each object's summary: the summary's own where it sends one, else
+    `ego_length_m`; one number when no summary of the batch sends one (the common case)."""
+    sent = frames.ego_length_m
+    return ego_length_m if np.isnan(sent).all() else np.where(np.isnan(sent), ego_length_m, sent)[frames.obj_row]
+
+
+def bumper_gaps_m(frames: Frames, ego_length_m: float) -> np.ndarray:
+    """Per object (k,): the bumper gap ahead (m), `rel_x_m` read by its summary's position reference
+    through `criticality.box_offsets` (gap summaries: as sent, bit for bit); `ego_length_m` as in
+    `ego_length_per_object`."""
+    def compute() -> np.ndarray:
+        bumper = True if frames.bumper_gap.all() else frames.bumper_gap[frames.obj_row]
+        return criticality.box_offsets(frames.obj_rel_x_m, frames.obj_length_m,
+                                       ego_length_per_object(frames, ego_length_m), bumper, to_gap=True)
+
+    return frames.memo(("bumper_gaps_m", ego_length_m), compute)
 
 
 def per_row_min(frames: Frames, mask: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ class _HardDecel(Trigger):
         self.hd = config.hard_decel
         self.path = config.ego_path
         self.lookahead_s = config.criticality.lookahead_s
+        self.ego_length_m = config.criticality.ego_length_m
         self.tracker = EpisodeTracker(
             ms(self.hd.merge_gap_s), ms(self.hd.bridge_gap_s),
             {"decel": "max", "seen": "max", "occupied": "max", "lead_m": "min", "speed": "max"}, peak="decel")
@@ -40,7 +41,8 @@ class _HardDecel(Trigger):
     def update(self, frames: Frames, horizon_ms: int) -> list[Detection]:
         idx = np.flatnonzero(frames.accel_valid & (frames.accel_lon_mps2 <= -self.hd.decel_mps2))
         row = frames.row[idx]
-        lead = nearest_in_path(frames, self.path.half_width_m, self.path.lookahead_m, self.lookahead_s)[row]
+        lead = nearest_in_path(frames, self.path.half_width_m, self.path.lookahead_m, self.lookahead_s,
+                               self.ego_length_m)[row]
         values = {"decel": -frames.accel_lon_mps2[idx], "seen": frames.has_perception[row].astype(np.float64),
                   "occupied": np.isfinite(lead).astype(np.float64), "lead_m": lead,
                   "speed": frames.speed_mps[idx]}

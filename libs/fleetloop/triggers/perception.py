@@ -17,6 +17,7 @@ from fleetloop.triggers.base import (
     Category,
     Detection,
     Trigger,
+    ego_length_per_object,
     ms,
     per_row_min,
     register,
@@ -92,7 +93,7 @@ def object_criticality(frames: Frames, config: TriggerConfig, min_closing_mps: f
             # most summaries leave the ego box out: one number then, not a column
             return default if np.isnan(sent).all() else np.where(np.isnan(sent), default, sent)[r]
 
-        ego_l = per_object(frames.ego_length_m, c.ego_length_m)
+        ego_l = ego_length_per_object(frames, c.ego_length_m)
         ego_w = per_object(frames.ego_width_m, c.ego_width_m)
         bumper = True if frames.bumper_gap.all() else frames.bumper_gap[r]
         cx = criticality.box_offsets(frames.obj_rel_x_m, frames.obj_length_m, ego_l, bumper)

@@ -146,6 +146,51 @@ def test_hard_brake_and_phantom_stop_are_exclusive_and_extreme_close_is_mpd() ->
     assert (first.window_pre_s, first.window_post_s) == (10.0, 5.0)
 
 
+def one_scene_in_both_readings(d: syn.SyntheticDrive, ego_length_m: float | None) -> tuple[list, list]:
+    """`d`'s envelopes sent with bumper gaps (BUMPER_GAP) and with box centres (BOX_CENTRE: each gap plus
+    half the object's and the ego's lengths), every object a 4.6 m car box; `ego_length_m` sent in both,
+    or (None) left to triggers.yaml's default."""
+    gaps, centres = d.envelopes(), d.envelopes()
+    ego_l = CFG.criticality.ego_length_m if ego_length_m is None else ego_length_m
+    for g, c in zip(gaps, centres, strict=True):
+        if g.WhichOneof("payload") != "perception":
+            continue
+        g.perception.position_reference = pb.POSITION_REFERENCE_BUMPER_GAP
+        c.perception.position_reference = pb.POSITION_REFERENCE_BOX_CENTRE
+        for env in (g, c):
+            if ego_length_m is not None:
+                env.perception.ego_length_m = ego_length_m
+            for o in env.perception.objects:
+                o.length_m, o.width_m = 4.6, 1.9
+        for o in c.perception.objects:
+            o.rel_x_m += 0.5 * (o.length_m + ego_l)
+    return gaps, centres
+
+
+@pytest.mark.parametrize("ego_length_m", [None, 9.0])
+def test_hard_brake_and_phantom_stop_read_one_scene_the_same_in_either_position_reference(
+        ego_length_m: float | None) -> None:
+    # A lead 36 m ahead by bumper gap is in the 40 m path; its centre (40.6 / 42.8 m) is not: read as a gap,
+    # a box centre would make the first brake a phantom stop.
+    d = syn.cruise("veh-1", 200, seed=2)
+    syn.hard_decel(d, 40.3, 6.5, 1.2, lead_m=36.0)
+    syn.hard_decel(d, 100.3, 6.5, 1.2, lead_m=8.0)
+    syn.hard_decel(d, 160.3, 6.5, 1.2, lead_m=None)
+    gaps, centres = one_scene_in_both_readings(d, ego_length_m)
+    by_gap = [e for e in detect_recording(gaps, CFG) if e.trigger in ("hard_brake", "phantom_stop")]
+    by_centre = [e for e in detect_recording(centres, CFG) if e.trigger in ("hard_brake", "phantom_stop")]
+    assert [(e.trigger, e.category) for e in by_gap] == [
+        ("hard_brake", Category.MPS), ("hard_brake", Category.MPD), ("phantom_stop", Category.MPS)]
+    assert by_gap[0].measurements["min_lead_distance_m"] == pytest.approx(36.0)
+    assert by_gap[1].measurements["min_lead_distance_m"] == pytest.approx(8.0)
+    assert [(e.trigger, e.category, e.onset_ms, e.peak_ms, e.end_ms) for e in by_centre] == \
+        [(e.trigger, e.category, e.onset_ms, e.peak_ms, e.end_ms) for e in by_gap]
+    for a, b in zip(by_gap, by_centre, strict=True):
+        assert a.measurements.keys() == b.measurements.keys()
+        for key, value in a.measurements.items():
+            assert b.measurements[key] == pytest.approx(value, abs=1e-5), key  # float32 on the wire
+
+
 def test_hard_brake_without_perception_is_hard_brake() -> None:
     d = syn.cruise("veh-1", 100, seed=2)
     syn.hard_decel(d, 40.3, 5.0, 1.0, lead_m=None)
