@@ -38,15 +38,20 @@ from fleetloop.labels.codes import (
 )
 from fleetloop.labels.row import LabelRow
 from fleetloop.labels.taxonomy import Taxonomy
+from fleetloop.triggers import criticality
+from fleetloop.triggers import load_config as load_triggers
 from fleetloop.v1 import common_pb2 as pb
 
 
 @dataclass(frozen=True)
 class ObjectArrays:
-    """The second's perceived objects, column-wise; shape (num_objects,) each."""
+    """The second's perceived objects, column-wise; shape (num_objects,) each. `gap_m`: the bumper
+    gap ahead (m), `rel_x_m` read by the summary's position reference (UNSPECIFIED, BUMPER_GAP: as
+    sent; BOX_CENTRE: less half the object's and the ego's lengths, the ego's from the summary or
+    else triggers.yaml criticality.ego_length_m) through `criticality.box_offsets`."""
 
     cls: np.ndarray
-    x_m: np.ndarray
+    gap_m: np.ndarray
     y_m: np.ndarray
     vx_mps: np.ndarray
     vy_mps: np.ndarray
@@ -56,9 +61,15 @@ class ObjectArrays:
     @classmethod
     def from_summary(cls, summary: pb.PerceptionSummary) -> ObjectArrays:
         objs = summary.objects
+        ego_l = summary.ego_length_m if summary.HasField("ego_length_m") and summary.ego_length_m > 0 \
+            else float(load_triggers().criticality.ego_length_m)
+        rel_x = np.fromiter((o.rel_x_m for o in objs), np.float64, len(objs))
+        length = np.fromiter((o.length_m for o in objs), np.float64, len(objs))
         return cls(
             cls=np.fromiter((o.object_class for o in objs), np.int32, len(objs)),
-            x_m=np.fromiter((o.rel_x_m for o in objs), np.float64, len(objs)),
+            gap_m=criticality.box_offsets(rel_x, length, ego_l,
+                                          summary.position_reference != pb.POSITION_REFERENCE_BOX_CENTRE,
+                                          to_gap=True),
             y_m=np.fromiter((o.rel_y_m for o in objs), np.float64, len(objs)),
             vx_mps=np.fromiter((o.rel_vx_mps for o in objs), np.float64, len(objs)),
             vy_mps=np.fromiter((o.rel_vy_mps for o in objs), np.float64, len(objs)),
@@ -68,7 +79,7 @@ class ObjectArrays:
 
     @property
     def distance_m(self) -> np.ndarray:
-        return np.hypot(self.x_m, self.y_m)
+        return np.hypot(self.gap_m, self.y_m)
 
 
 @dataclass(frozen=True)
@@ -184,13 +195,13 @@ def label_agents(inputs: SecondInputs, th: Mapping[str, float]) -> FamilyLabels:
         out.values["agent.min_distance_m"] = float(dist.min())
     out.tags["agent.pedestrian_from_occlusion"] = bool(np.any(is_ped & o.from_occlusion))
 
-    in_corridor = is_vehicle & (o.x_m > 0) & (o.x_m < th["lead_max_distance_m"]) \
+    in_corridor = is_vehicle & (o.gap_m > 0) & (o.gap_m < th["lead_max_distance_m"]) \
         & (np.abs(o.y_m) < th["lead_corridor_half_width_m"])
     out.tags["agent.lead_vehicle"] = bool(in_corridor.any())
     lead_close = False
     if in_corridor.any():
-        lead = int(np.argmin(np.where(in_corridor, o.x_m, np.inf)))
-        gap_m = float(o.x_m[lead])
+        lead = int(np.argmin(np.where(in_corridor, o.gap_m, np.inf)))
+        gap_m = float(o.gap_m[lead])
         closing_mps = -float(o.vx_mps[lead])
         out.values["agent.lead_distance_m"] = gap_m
         lead_close = gap_m < th["lead_close_distance_m"]
@@ -202,14 +213,14 @@ def label_agents(inputs: SecondInputs, th: Mapping[str, float]) -> FamilyLabels:
 
     abs_y = np.abs(o.y_m)
     out.tags["agent.cut_in"] = bool(np.any(
-        is_vehicle & (o.x_m > 0) & (o.x_m < th["cut_in_max_distance_m"])
+        is_vehicle & (o.gap_m > 0) & (o.gap_m < th["cut_in_max_distance_m"])
         & (abs_y > th["cut_in_min_abs_y_m"]) & (abs_y < th["cut_in_max_abs_y_m"])
         & (o.vy_mps * np.sign(o.y_m) < -th["cut_in_min_lateral_speed_mps"])))
     ego_speed = inputs.ego_speed_mps()
     if ego_speed is not None:
         # Object ground speed along ego's heading = relative speed + ego speed.
         out.tags["agent.oncoming"] = bool(np.any(
-            is_vehicle & (o.x_m > 0) & (o.vx_mps + ego_speed < -th["oncoming_min_speed_mps"])))
+            is_vehicle & (o.gap_m > 0) & (o.vx_mps + ego_speed < -th["oncoming_min_speed_mps"])))
     near_peds = np.count_nonzero(is_ped & (dist < th["crowd_radius_m"]))
     out.tags["agent.crowd"] = near_peds >= th["crowd_min_pedestrians"]
     is_vru = np.isin(o.cls, VRU_CLASSES)
@@ -217,7 +228,7 @@ def label_agents(inputs: SecondInputs, th: Mapping[str, float]) -> FamilyLabels:
     moving_across = (np.abs(o.vy_mps) > th["crossing_min_lateral_speed_mps"]) \
         & ((o.vy_mps * o.y_m < 0) | (abs_y < th["lead_corridor_half_width_m"]))
     out.tags["agent.crossing"] = bool(np.any(
-        is_vru & (o.x_m > 0) & (o.x_m < th["crossing_max_distance_m"]) & moving_across))
+        is_vru & (o.gap_m > 0) & (o.gap_m < th["crossing_max_distance_m"]) & moving_across))
     return out
 
 

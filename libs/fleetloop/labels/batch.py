@@ -130,14 +130,13 @@ def _seg_count(mask: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
 class _Objects:
     seg: np.ndarray
     cls: np.ndarray
-    x: np.ndarray
+    gap: np.ndarray  # bumper gap ahead (m): rel_x_m read by the summary's position reference
     y: np.ndarray
     vx: np.ndarray
     vy: np.ndarray
     conf: np.ndarray
     occl: np.ndarray
     ax: np.ndarray  # the object's own acceleration along ego x (m/s², 0: none)
-    gap: np.ndarray  # bumper gap ahead (m): rel_x_m read by the summary's position reference
 
 
 def _objects(perceptions: Sequence[pb.PerceptionSummary | None]) -> _Objects:
@@ -166,9 +165,9 @@ def _objects(perceptions: Sequence[pb.PerceptionSummary | None]) -> _Objects:
     # the one conversion (near_miss's): bumper gaps stay as sent, box centres lose the half lengths
     gap = criticality.box_offsets(x_arr, np.asarray(length, np.float64), np.asarray(ego_length, np.float64),
                                   np.asarray(bumper, bool), to_gap=True)
-    return _Objects(np.asarray(seg, np.int64), np.asarray(cls, np.int32), x_arr,
+    return _Objects(np.asarray(seg, np.int64), np.asarray(cls, np.int32), gap,
                     np.asarray(y, np.float64), np.asarray(vx, np.float64), np.asarray(vy, np.float64),
-                    np.asarray(conf, np.float64), np.asarray(occl, bool), np.asarray(ax, np.float64), gap)
+                    np.asarray(conf, np.float64), np.asarray(occl, bool), np.asarray(ax, np.float64))
 
 
 @lru_cache(maxsize=1)
@@ -288,7 +287,8 @@ def label_seconds(seconds: Sequence[SecondParts], taxonomy: Taxonomy) -> LabelCo
         sink.tag(name, has_pc, _seg_any(o.cls == code, seg, n))
     is_vehicle = np.isin(o.cls, L.VEHICLE_CLASSES)
     is_ped = o.cls == pb.OBJECT_CLASS_PEDESTRIAN
-    dist = np.hypot(o.x, o.y)
+    # Every object label reads the bumper gap, whichever reading the summary sent (legacy: rel_x_m as sent).
+    dist = np.hypot(o.gap, o.y)
     count = np.bincount(seg, minlength=n)
     sink.value("agent.count", has_pc, count.astype(np.float64))
     sink.value("agent.vehicle_count", has_pc, _seg_count(is_vehicle, seg, n).astype(np.float64))
@@ -300,7 +300,7 @@ def label_seconds(seconds: Sequence[SecondParts], taxonomy: Taxonomy) -> LabelCo
     sink.value("agent.min_distance_m", has_pc & (count > 0), min_dist)
     sink.tag("agent.pedestrian_from_occlusion", has_pc, _seg_any(is_ped & o.occl, seg, n))
 
-    # The lead: by bumper gap, whichever reading the summary sent (the legacy bumper gap: rel_x_m).
+    # The lead: the nearest vehicle in the corridor by bumper gap.
     in_corridor = is_vehicle & (o.gap > 0) & (o.gap < th["lead_max_distance_m"]) \
         & (np.abs(o.y) < th["lead_corridor_half_width_m"])
     has_lead = _seg_any(in_corridor, seg, n)
@@ -323,10 +323,10 @@ def label_seconds(seconds: Sequence[SecondParts], taxonomy: Taxonomy) -> LabelCo
 
     abs_y = np.abs(o.y)
     sink.tag("agent.cut_in", has_pc, _seg_any(
-        is_vehicle & (o.x > 0) & (o.x < th["cut_in_max_distance_m"]) & (abs_y > th["cut_in_min_abs_y_m"])
+        is_vehicle & (o.gap > 0) & (o.gap < th["cut_in_max_distance_m"]) & (abs_y > th["cut_in_min_abs_y_m"])
         & (abs_y < th["cut_in_max_abs_y_m"]) & (o.vy * np.sign(o.y) < -th["cut_in_min_lateral_speed_mps"]), seg, n))
     sink.tag("agent.oncoming", has_pc & has_speed, _seg_any(
-        is_vehicle & (o.x > 0) & (o.vx + speed[seg] < -th["oncoming_min_speed_mps"]), seg, n))
+        is_vehicle & (o.gap > 0) & (o.vx + speed[seg] < -th["oncoming_min_speed_mps"]), seg, n))
     near_peds = _seg_count(is_ped & (dist < th["crowd_radius_m"]), seg, n)
     sink.tag("agent.crowd", has_pc, near_peds >= th["crowd_min_pedestrians"])
     is_vru = np.isin(o.cls, L.VRU_CLASSES)
@@ -334,7 +334,7 @@ def label_seconds(seconds: Sequence[SecondParts], taxonomy: Taxonomy) -> LabelCo
     moving_across = (np.abs(o.vy) > th["crossing_min_lateral_speed_mps"]) \
         & ((o.vy * o.y < 0) | (abs_y < th["lead_corridor_half_width_m"]))
     sink.tag("agent.crossing", has_pc, _seg_any(
-        is_vru & (o.x > 0) & (o.x < th["crossing_max_distance_m"]) & moving_across, seg, n))
+        is_vru & (o.gap > 0) & (o.gap < th["crossing_max_distance_m"]) & moving_across, seg, n))
 
     near = dist < th["low_confidence_radius_m"]
     sink.tag("perception.low_confidence", has_pc, _seg_any(near & (o.conf < th["low_confidence_threshold"]), seg, n))

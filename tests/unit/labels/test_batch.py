@@ -30,6 +30,24 @@ def assert_same(seconds: list[SecondParts]) -> None:
 
 
 def test_simulated_fleet_with_missing_parts():
+    assert_same(fleet_seconds())
+
+
+def as_box_centres(summary: pb.PerceptionSummary, ego_length_m: float | None = None) -> pb.PerceptionSummary:
+    """`summary` sent as BOX_CENTRE: each bumper gap plus half the object's and the ego's lengths (the ego's:
+    `ego_length_m`, sent with it, else the summary's own, else triggers.yaml's 4.6 m van)."""
+    out = pb.PerceptionSummary()
+    out.CopyFrom(summary)
+    if ego_length_m is not None:
+        out.ego_length_m = ego_length_m
+    ego_l = out.ego_length_m if out.HasField("ego_length_m") else 4.6
+    out.position_reference = pb.POSITION_REFERENCE_BOX_CENTRE
+    for o in out.objects:
+        o.rel_x_m += 0.5 * (o.length_m + ego_l)
+    return out
+
+
+def fleet_seconds() -> list[SecondParts]:
     sim = FleetSimulator(SimConfig(vehicles=20, duration_s=240, seed=5, incidents_per_vehicle_hour=30))
     parts: dict[tuple[str, int], dict] = {}
     for second in sim.seconds():
@@ -37,9 +55,46 @@ def test_simulated_fleet_with_missing_parts():
             if topic in KIND:
                 parts.setdefault((env.vehicle_id, env.event_time_ms), {})[KIND[topic]] = getattr(env, KIND[topic])
     rng = random.Random(2)
-    seconds = [SecondParts(v, t, *(p.get(k) if rng.random() > 0.15 else None
-                                   for k in ("heartbeat", "pose", "perception")))
-               for (v, t), p in parts.items()]
+    return [SecondParts(v, t, *(p.get(k) if rng.random() > 0.15 else None for k in ("heartbeat", "pose", "perception")))
+            for (v, t), p in parts.items()]
+
+
+def test_simulated_fleet_sent_as_box_centres():
+    # The same comparison with every summary sent as BOX_CENTRE (half of them with a 9 m ego box): batch and
+    # reference read rel_x_m the same way, bit for bit.
+    seconds = [SecondParts(s.vehicle_id, s.second_ms, s.heartbeat, s.pose,
+                           None if s.perception is None else as_box_centres(s.perception, 9.0 if i % 2 else None))
+               for i, s in enumerate(fleet_seconds())]
+    assert sum(s.perception is not None and len(s.perception.objects) > 0 for s in seconds) > 100
+    assert_same(seconds)
+
+
+def test_object_labels_read_one_scene_the_same_in_either_position_reference():
+    # One scene with every object label in play (lead, cut-in, oncoming, crossing pedestrian, crowd, VRU close,
+    # low confidence, minimum distance), sent as bumper gaps and as box centres from 5 m and 9 m egos: the same
+    # labels. Lengths, gaps and egos are chosen so the centres are exact in float32, so the rows are equal.
+    def box(cls: int, gap: float, y: float, length: float, vx: float = 0.0, vy: float = 0.0,
+            conf: float = 0.9) -> pb.PerceivedObject:
+        return pb.PerceivedObject(object_class=cls, rel_x_m=gap, rel_y_m=y, rel_vx_mps=vx, rel_vy_mps=vy,
+                                  length_m=length, width_m=1.5, confidence=conf)
+
+    objects = [box(pb.OBJECT_CLASS_CAR, 12.0, 0.25, 4.5, vx=-6.0),
+               box(pb.OBJECT_CLASS_CAR, 9.0, 2.5, 4.5, vy=-1.5),
+               box(pb.OBJECT_CLASS_TRUCK, 30.0, 3.5, 9.0, vx=-22.0),
+               box(pb.OBJECT_CLASS_PEDESTRIAN, 6.0, 1.5, 0.5, vy=-1.25, conf=0.25),
+               *(box(pb.OBJECT_CLASS_PEDESTRIAN, 3.5, -4.0 - i, 0.5) for i in range(6)),
+               box(pb.OBJECT_CLASS_CYCLIST, 2.0, -1.75, 2.0)]
+    gaps = perception(objects, position_reference=pb.POSITION_REFERENCE_BUMPER_GAP, ego_length_m=5.0)
+    sent = [gaps, as_box_centres(gaps), as_box_centres(gaps, 9.0)]
+    seconds = [SecondParts("veh-1", T0 + 1000 * i, heartbeat(), pose(speed=10.0), s) for i, s in enumerate(sent)]
+    rows = label_seconds(seconds, TX).rows(TX)
+    for name in ("agent.lead_vehicle", "agent.lead_close", "agent.cut_in", "agent.oncoming", "agent.crossing",
+                 "agent.crowd", "agent.vru_close", "perception.low_confidence"):
+        assert rows[0].tag_value(TX.tag(name)), name
+    assert rows[0].values["agent.lead_distance_m"] == 12.0 and rows[0].values["agent.lead_ttc_s"] == 2.0
+    assert rows[0].values["agent.min_distance_m"] == pytest.approx(np.hypot(2.0, 1.75))
+    for row in rows[1:]:
+        assert (row.tags, row.values) == (rows[0].tags, rows[0].values)
     assert_same(seconds)
 
 
@@ -102,6 +157,6 @@ def test_lead_band_reads_the_summarys_position_reference():
         assert row.values["agent.lead_distance_m"] == pytest.approx(10.0, abs=1e-5)
         assert row.values["agent.lead_ttc_s"] == pytest.approx(2.5, abs=1e-5)
         assert row.tag_value(TX.tag("agent.lead_close")) and row.tag_value(TX.tag("agent.lead_vehicle"))
-    # the legacy rows are the reference's, bit for bit
+    # every reading's rows are the reference's, bit for bit (the reference reads rel_x_m the same way)
     assert_same([SecondParts("veh-1", T0 + 1000 * i, heartbeat(), pose(speed=10.0), s)
-                 for i, s in enumerate(summaries[:2])])
+                 for i, s in enumerate(summaries)])
