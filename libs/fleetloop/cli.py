@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from fleetloop.config import Settings
+from fleetloop.commands.rpc import settings_from_env
 
 app = typer.Typer(help="fleetloop: the data closed loop for an autonomous-vehicle fleet", no_args_is_help=True)
 
@@ -69,10 +69,10 @@ def demo(vehicles: int = typer.Option(50, help="simulated vehicles"),
     from fleetloop.demo import run_demo
 
     _logging(verbose)
-    settings = Settings.from_env()
+    settings = settings_from_env()
     data_dir = settings.data_dir / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
-    settings = Settings.from_env({**os.environ, "FLEETLOOP_DATA_DIR": str(data_dir)})
+    settings = settings_from_env({**os.environ, "FLEETLOOP_DATA_DIR": str(data_dir)})
     asyncio.run(run_demo(settings, vehicles=vehicles, hours=hours, seed=seed))
 
 
@@ -83,7 +83,7 @@ def up(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     from fleetloop.runtime import SERVICES, Host
 
     _logging(verbose)
-    settings = Settings.from_env()
+    settings = settings_from_env()
 
     async def main() -> None:
         with EmbeddedStack.start(settings) as stack:
@@ -155,7 +155,7 @@ def serve(service: str = typer.Argument(..., help="service name, e.g. heartbeat-
     from fleetloop.runtime import SERVICES, Host
 
     _logging(verbose)
-    settings = Settings.from_env()
+    settings = settings_from_env()
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
     if "embedded" in (settings.kafka_bootstrap_servers, settings.redis_url):
@@ -194,7 +194,7 @@ def sim(vehicles: int = typer.Option(50), hours: float = typer.Option(1.0), seed
     from fleetloop.vehicle import FleetVehicles, load_vehicle_params
 
     bootstrap = endpoint("KAFKA_BOOTSTRAP_SERVERS", env_name="KAFKA_BOOTSTRAP_SERVERS")
-    settings = Settings.from_env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+    settings = settings_from_env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
     simulator = FleetSimulator(SimConfig(vehicles=vehicles, start_ms=start_ms, duration_s=int(hours * 3600),
                                          seed=seed, incidents_per_vehicle_hour=incidents_per_vehicle_hour))
 

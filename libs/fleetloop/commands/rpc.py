@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import grpc
 import typer
 
-from fleetloop.config import Settings
+from fleetloop.config import ConfigError, Settings
 
 USER_ERROR_EXIT = 2
 
@@ -30,12 +30,21 @@ def endpoint(key: str, flag: str | None = None, env_name: str | None = None) -> 
     env_name = env_name or f"FLEETLOOP_{key}"
     if os.environ.get(env_name):
         return os.environ[env_name]
-    path = Settings.from_env().data_dir / "endpoints.json"
+    path = settings_from_env().data_dir / "endpoints.json"
     if path.exists():
         known = json.loads(path.read_text())
         if key in known:
             return known[key]
     fail(f"set {env_name} or start `fleetloop up` first")
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings.from_env for a command: a bad variable (e.g. FLEETLOOP_GRPC_PORT=abc) is one error line naming
+    it, exit code 2, not a traceback."""
+    try:
+        return Settings.from_env(environ)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def fail(message: str) -> NoReturn:

@@ -61,6 +61,15 @@ def test_sim_with_no_broker_address_says_how_to_get_one(monkeypatch: pytest.Monk
     assert "KAFKA_BOOTSTRAP_SERVERS" in one_line_error(["sim", "--vehicles", "1"])
 
 
+@pytest.mark.parametrize("args", [["serve", "miner"], ["up"], ["fleet", "list"], ["sim", "--vehicles", "1"]])
+def test_a_bad_environment_variable_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    monkeypatch.setenv("FLEETLOOP_GRPC_PORT", "abc")
+    monkeypatch.delenv("FLEETLOOP_FLEET_GRPC", raising=False)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    line = one_line_error(args)
+    assert line.startswith("error: environment: FLEETLOOP_GRPC_PORT:") and "'abc'" in line
+
+
 def test_version_prints_the_package_version() -> None:
     from importlib.metadata import version
 
