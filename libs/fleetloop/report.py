@@ -129,7 +129,7 @@ def solutions_report(warehouse: Warehouse, max_rows: int = 30) -> str:
 
     def moved(r: dict) -> str:
         deltas = {t: r["solution_terms"].get(t, 0.0) - v for t, v in r["baseline_terms"].items()}
-        top = sorted((d, t) for t, d in deltas.items() if abs(d) >= 0.005)[:3]
+        top = sorted(((d, t) for t, d in deltas.items() if abs(d) >= 0.005), key=lambda dt: (-abs(dt[0]), dt[1]))[:3]
         return " ".join(f"{t}{d:+.2f}" for d, t in top) or "-"
 
     lines = [table(["case", "vehicle", "policy", "verdict", "baseline", "solution", "terms moved most",
